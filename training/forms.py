@@ -1,0 +1,110 @@
+"""Launch forms built from each kind's pydantic config, so a new kind needs no form code.
+
+Fields, bounds, defaults and help texts come from the model; pydantic stays the one validator
+(its errors are mapped back onto the fields), the form only converts what the browser sends.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from typing import Any, Literal
+
+import annotated_types
+from django import forms
+from pydantic.fields import FieldInfo
+
+from training.kinds import RunKind
+from training.models import Artifact, ArtifactKind
+
+
+class CorpusUploadForm(forms.Form):
+    name = forms.CharField(max_length=200, required=False, help_text="Defaults to the file name.")
+    file = forms.FileField(help_text=".txt (documents separated by blank lines or "
+                           "<|endoftext|>) or .jsonl with a `text` field; .gz accepted.")
+
+
+def launch_form_class(kind: RunKind) -> type[forms.Form]:
+    fields: dict[str, forms.Field] = {}
+    for spec in kind.inputs:
+        queryset = Artifact.objects.filter(kind=spec.artifact_kind)
+        field_class = forms.ModelMultipleChoiceField if spec.many else forms.ModelChoiceField
+        fields[f"input_{spec.name}"] = field_class(
+            queryset=queryset,
+            required=spec.required,
+            label=spec.label,
+            help_text=f"{ArtifactKind(spec.artifact_kind).label} artifacts",
+        )
+    for name, info in kind.config_model().model_fields.items():
+        fields[f"config_{name}"] = _form_field(name, info)
+    return type(f"{kind.name.title()}LaunchForm", (forms.Form,), fields)
+
+
+def split_cleaned(kind: RunKind, cleaned: dict[str, Any]) -> tuple[dict, dict]:
+    """(config, inputs) from a valid launch form's cleaned data."""
+    config = {
+        key.removeprefix("config_"): value
+        for key, value in cleaned.items()
+        if key.startswith("config_") and value is not None
+    }
+    inputs: dict[str, list[int]] = {}
+    for spec in kind.inputs:
+        chosen = cleaned.get(f"input_{spec.name}")
+        if chosen is None:
+            continue
+        items = list(chosen) if spec.many else [chosen]
+        inputs[spec.name] = [a.pk for a in items]
+    return config, inputs
+
+
+def field_name_for_error(kind: RunKind, key: str) -> str | None:
+    """Map a service error key (``vocab_size``, ``inputs.corpus``) to a form field name."""
+    if key.startswith("inputs."):
+        return f"input_{key.removeprefix('inputs.')}"
+    top = key.split(".", 1)[0]
+    if top in kind.config_model().model_fields:
+        return f"config_{top}"
+    return None
+
+
+def _form_field(name: str, info: FieldInfo) -> forms.Field:
+    annotation = _strip_optional(info.annotation)
+    bounds = _bounds(info)
+    common: dict[str, Any] = {
+        "label": name.replace("_", " ").capitalize(),
+        "help_text": info.description or "",
+        "required": False,  # blank means "use the default": pydantic fills it in
+        "initial": None if info.is_required() else info.default,
+    }
+    if typing.get_origin(annotation) is Literal:
+        choices = [(v, v) for v in typing.get_args(annotation)]
+        return forms.ChoiceField(choices=choices, **common)
+    if annotation is bool:
+        return forms.BooleanField(**common)
+    if annotation is int:
+        return forms.IntegerField(min_value=bounds.get("ge"), max_value=bounds.get("le"), **common)
+    if annotation is float:
+        return forms.FloatField(min_value=bounds.get("ge"), max_value=bounds.get("le"), **common)
+    max_length = bounds.get("max_length")
+    widget = forms.Textarea(attrs={"rows": 3}) if (max_length or 0) > 200 else None
+    return forms.CharField(max_length=max_length, widget=widget, strip=False, **common)
+
+
+def _strip_optional(annotation: Any) -> Any:
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return annotation
+
+
+def _bounds(info: FieldInfo) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for meta in info.metadata:
+        if isinstance(meta, annotated_types.Ge):
+            found["ge"] = meta.ge
+        elif isinstance(meta, annotated_types.Le):
+            found["le"] = meta.le
+        elif isinstance(meta, annotated_types.MaxLen):
+            found["max_length"] = meta.max_length
+    return found

@@ -1,0 +1,111 @@
+"""The run kinds Orchard knows: what each validates, reads, calls and produces.
+
+A kind is declarative: a pydantic config model and an entry point in ``training.core`` (both
+imported lazily, so the web process never pays for torch), the input artifacts it needs, and the
+kind of artifact its output folder becomes. Adding a stage is one entry in ``BUILTIN_KINDS``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any
+
+from django.conf import settings
+from django.utils.module_loading import import_string
+from pydantic import BaseModel, ValidationError
+
+from training.models import ArtifactKind
+
+
+class ConfigInvalid(ValueError):
+    """A launch request that must not be queued; ``errors`` maps field names to messages."""
+
+    def __init__(self, errors: dict[str, list[str]]) -> None:
+        self.errors = errors
+        super().__init__("; ".join(f"{k}: {' '.join(v)}" for k, v in errors.items()))
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    name: str
+    artifact_kind: str
+    label: str
+    many: bool = False
+    required: bool = True
+
+
+@dataclass(frozen=True)
+class RunKind:
+    name: str
+    label: str
+    description: str
+    config_path: str  # "module:Class" of a pydantic model
+    entry_path: str  # "module:function" called as entry(cfg, inputs, out_dir, reporter, work_dir)
+    inputs: tuple[InputSpec, ...] = ()
+    output_kind: str | None = None
+    result_template: str | None = None  # shown on the run page once it succeeded
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def config_model(self) -> type[BaseModel]:
+        return _load(self.config_path)
+
+    def entry(self) -> Callable[..., dict]:
+        return _load(self.entry_path)
+
+    def validate_config(self, data: Any) -> BaseModel:
+        if not isinstance(data, dict):
+            raise ConfigInvalid({"config": ["must be a JSON object"]})
+        try:
+            return self.config_model().model_validate(data)
+        except ValidationError as exc:
+            raise ConfigInvalid(pydantic_errors(exc)) from None
+
+
+def pydantic_errors(exc: ValidationError) -> dict[str, list[str]]:
+    errors: dict[str, list[str]] = {}
+    for err in exc.errors():
+        name = ".".join(str(part) for part in err["loc"]) or "config"
+        errors.setdefault(name, []).append(err["msg"])
+    return errors
+
+
+def _load(path: str) -> Any:
+    module, _, attr = path.partition(":")
+    return getattr(__import__(module, fromlist=[attr]), attr)
+
+
+BUILTIN_KINDS = (
+    RunKind(
+        name="tokenizer",
+        label="Tokenizer",
+        description=(
+            "Train a byte-level BPE tokenizer on a text corpus, with the special tokens for "
+            "documents, padding, ChatML turns and tool calls, and a chat template that marks "
+            "the assistant tokens a fine-tune learns from."
+        ),
+        config_path="training.core.tokenizer:TokenizerConfig",
+        entry_path="training.core.tokenizer:run",
+        inputs=(InputSpec("corpus", ArtifactKind.CORPUS, "Corpus files", many=True),),
+        output_kind=ArtifactKind.TOKENIZER,
+        result_template="training/results/tokenizer.html",
+    ),
+)
+
+
+@cache
+def _registry() -> dict[str, RunKind]:
+    kinds = {kind.name: kind for kind in BUILTIN_KINDS}
+    for dotted in settings.ORCHARD_EXTRA_RUN_KINDS:
+        extra = import_string(dotted)
+        kinds[extra.name] = extra
+    return kinds
+
+
+def all_kinds() -> list[RunKind]:
+    return list(_registry().values())
+
+
+def get_kind(name: str) -> RunKind | None:
+    return _registry().get(name)

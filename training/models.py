@@ -1,0 +1,173 @@
+"""Runs, their metrics, the artifacts they read and write, and the workers that execute them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from django.conf import settings
+from django.db import models
+from django.urls import reverse
+
+
+class RunStatus(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+    CANCELLED = "cancelled", "Cancelled"
+
+
+TERMINAL_STATUSES = frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED})
+
+
+class ArtifactKind(models.TextChoices):
+    CORPUS = "corpus", "Corpus"
+    TOKENIZER = "tokenizer", "Tokenizer"
+    CHECKPOINT = "checkpoint", "Checkpoint"
+    DATASET = "dataset", "Dataset"
+    OUTPUT = "output", "Other output"
+
+
+class PathOutsideArtifactsRoot(ValueError):
+    pass
+
+
+class Artifact(models.Model):
+    """An immutable, content-hashed file or folder under ARTIFACTS_ROOT, with its lineage.
+
+    ``path`` is relative to the root and always written by Orchard itself, never typed by a user.
+    """
+
+    kind = models.CharField(max_length=32, choices=ArtifactKind.choices, db_index=True)
+    name = models.CharField(max_length=200)
+    path = models.CharField(max_length=500)
+    sha256 = models.CharField(max_length=64)
+    size_bytes = models.BigIntegerField(default=0)
+    meta = models.JSONField(default=dict, blank=True)
+    run = models.ForeignKey(
+        "Run", null=True, blank=True, on_delete=models.SET_NULL, related_name="outputs"
+    )
+    parents = models.ManyToManyField("self", symmetrical=False, blank=True, related_name="children")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} #{self.pk} {self.name}"
+
+    def get_absolute_url(self) -> str:
+        return reverse("training:artifact-detail", args=[self.pk])
+
+    @property
+    def short_hash(self) -> str:
+        return self.sha256[:12]
+
+    def abspath(self) -> Path:
+        """The artifact's location, refusing anything that resolves outside the root."""
+        return resolve_under_root(self.path)
+
+
+def resolve_under_root(relative: str) -> Path:
+    root = Path(settings.ARTIFACTS_ROOT).resolve()
+    candidate = (root / relative).resolve()
+    if candidate != root and root not in candidate.parents:
+        raise PathOutsideArtifactsRoot(f"{relative!r} is outside the artifacts root")
+    return candidate
+
+
+class Run(models.Model):
+    """One background job: a kind, a validated config, input artifacts, and its whole life."""
+
+    kind = models.CharField(max_length=32, db_index=True)
+    status = models.CharField(
+        max_length=16, choices=RunStatus.choices, default=RunStatus.QUEUED, db_index=True
+    )
+    config = models.JSONField(default=dict)
+    inputs = models.JSONField(default=dict, blank=True)  # {"corpus": [artifact ids]}
+    input_artifacts = models.ManyToManyField(Artifact, blank=True, related_name="consumed_by")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="runs"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    enqueued_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    progress = models.FloatField(default=0.0)  # 0..1
+    step = models.BigIntegerField(default=0)
+    total_steps = models.BigIntegerField(null=True, blank=True)
+    message = models.CharField(max_length=200, blank=True)
+    log_tail = models.TextField(blank=True)
+    result = models.JSONField(default=dict, blank=True)
+    error = models.TextField(blank=True)
+    traceback = models.TextField(blank=True)
+
+    cancel_requested = models.BooleanField(default=False)
+    lease_owner = models.CharField(max_length=128, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    max_attempts = models.PositiveIntegerField(default=3)
+    resumed_from_step = models.BigIntegerField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["status", "lease_expires_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.kind} run #{self.pk} ({self.status})"
+
+    def get_absolute_url(self) -> str:
+        return reverse("training:run-detail", args=[self.pk])
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+    @property
+    def is_active(self) -> bool:
+        return not self.is_terminal
+
+    @property
+    def can_cancel(self) -> bool:
+        return self.is_active and not self.cancel_requested
+
+    @property
+    def can_retry(self) -> bool:
+        return self.status in (RunStatus.FAILED, RunStatus.CANCELLED)
+
+
+class RunMetric(models.Model):
+    """One point of a run's metric time series."""
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="metrics")
+    step = models.BigIntegerField()
+    name = models.CharField(max_length=64)
+    value = models.FloatField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["run", "name", "step"]
+        indexes = [models.Index(fields=["run", "name", "step"])]
+
+    def __str__(self) -> str:
+        return f"{self.name}@{self.step}={self.value:.4g}"
+
+
+class WorkerHeartbeat(models.Model):
+    """Written by every worker while it lives; /healthz and the runs page read it."""
+
+    name = models.CharField(max_length=200, unique=True)
+    hostname = models.CharField(max_length=200)
+    pid = models.IntegerField()
+    queues = models.CharField(max_length=200)
+    started_at = models.DateTimeField()
+    last_seen = models.DateTimeField(db_index=True)
+
+    def __str__(self) -> str:
+        return self.name

@@ -1,0 +1,60 @@
+"""Reads about runs and artifacts: filtered lists, chart series, dashboard counts."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from django.db.models import Count, QuerySet
+
+from training.models import Artifact, Run, RunMetric, RunStatus
+
+RUN_FILTERS = ("kind", "status")  # the only query parameters a run list accepts
+
+
+def run_list(*, kind: str = "", status: str = "") -> QuerySet[Run]:
+    runs = Run.objects.select_related("created_by")
+    if kind:
+        runs = runs.filter(kind=kind)
+    if status:
+        runs = runs.filter(status=status)
+    return runs
+
+
+def artifact_list(*, kind: str = "") -> QuerySet[Artifact]:
+    artifacts = Artifact.objects.select_related("run", "created_by")
+    return artifacts.filter(kind=kind) if kind else artifacts
+
+
+def metric_series(run: Run, max_points: int = 400) -> dict[str, list[tuple[int, float]]]:
+    """Each metric's (step, value) points, thinned evenly to at most ``max_points``."""
+    series: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    for name, step, value in RunMetric.objects.filter(run=run).values_list("name", "step", "value"):
+        series[name].append((step, value))
+    return {name: _thin(points, max_points) for name, points in sorted(series.items())}
+
+
+def _thin(points: list[tuple[int, float]], max_points: int) -> list[tuple[int, float]]:
+    if len(points) <= max_points:
+        return points
+    stride = len(points) / max_points
+    kept = [points[int(i * stride)] for i in range(max_points - 1)]
+    return kept + [points[-1]]
+
+
+def latest_metrics(run: Run) -> dict[str, dict[str, float]]:
+    latest: dict[str, dict[str, float]] = {}
+    for name, step, value in (
+        RunMetric.objects.filter(run=run).order_by("name", "step").values_list("name", "step", "value")
+    ):
+        latest[name] = {"step": step, "value": value}
+    return latest
+
+
+def dashboard_summary(user: Any) -> dict[str, Any]:
+    counts = dict(Run.objects.values_list("status").annotate(n=Count("id")))
+    return {
+        "runs_by_status": {s.value: counts.get(s.value, 0) for s in RunStatus},
+        "recent_runs": list(Run.objects.select_related("created_by")[:5]),
+        "artifacts": Artifact.objects.count(),
+    }

@@ -1,0 +1,67 @@
+"""Server-side SVG charts: no chart library, no script, and they render without JavaScript."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import template
+
+register = template.Library()
+
+WIDTH, HEIGHT, PAD_LEFT, PAD_BOTTOM, PAD_TOP = 520, 160, 52, 20, 8
+
+
+@register.inclusion_tag("training/_line_chart.html")
+def line_chart(name: str, points: list[tuple[int, float]]) -> dict[str, Any]:
+    """A polyline of (step, value) points scaled into the plot area, with min/max labels."""
+    steps = [p[0] for p in points] or [0]
+    values = [p[1] for p in points] or [0.0]
+    x0, x1 = min(steps), max(steps)
+    y0, y1 = min(values), max(values)
+    if y1 == y0:
+        y0, y1 = y0 - 0.5, y1 + 0.5
+    plot_w, plot_h = WIDTH - PAD_LEFT - 8, HEIGHT - PAD_BOTTOM - PAD_TOP
+
+    def xy(step: int, value: float) -> str:
+        x = PAD_LEFT + (plot_w * (step - x0) / (x1 - x0) if x1 > x0 else plot_w / 2)
+        y = PAD_TOP + plot_h * (1 - (value - y0) / (y1 - y0))
+        return f"{x:.1f},{y:.1f}"
+
+    return {
+        "name": name,
+        "width": WIDTH,
+        "height": HEIGHT,
+        "points": " ".join(xy(s, v) for s, v in points),
+        "single": xy(*points[0]) if len(points) == 1 else None,
+        "last": points[-1] if points else None,
+        "y_min": y0,
+        "y_max": y1,
+        "x_min": x0,
+        "x_max": x1,
+        "left": PAD_LEFT,
+        "bottom": HEIGHT - PAD_BOTTOM,
+        "right": WIDTH - 8,
+        "top": PAD_TOP,
+    }
+
+
+@register.inclusion_tag("training/_bar_chart.html")
+def bar_chart(title: str, counts: dict[str, int] | list[tuple[str, int]]) -> dict[str, Any]:
+    items = list(counts.items()) if isinstance(counts, dict) else list(counts)
+    peak = max((c for _, c in items), default=0) or 1
+    bar_w = (WIDTH - 20) / max(1, len(items))
+    plot_h = HEIGHT - PAD_BOTTOM - PAD_TOP
+    bars = [
+        {
+            "label": label,
+            "count": count,
+            "x": 10 + i * bar_w + 1,
+            "w": max(1.0, bar_w - 2),
+            "h": plot_h * count / peak,
+            "y": PAD_TOP + plot_h * (1 - count / peak),
+            "tx": 10 + i * bar_w + bar_w / 2,
+        }
+        for i, (label, count) in enumerate(items)
+    ]
+    return {"title": title, "bars": bars, "width": WIDTH, "height": HEIGHT,
+            "label_y": HEIGHT - 6}

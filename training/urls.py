@@ -1,0 +1,17 @@
+from django.urls import path
+
+from training import views
+
+app_name = "training"
+
+urlpatterns = [
+    path("runs/", views.run_list, name="run-list"),
+    path("runs/new/", views.run_new, name="run-new"),
+    path("runs/new/<slug:kind>/", views.run_launch, name="run-launch"),
+    path("runs/<int:pk>/", views.run_detail, name="run-detail"),
+    path("runs/<int:pk>/cancel/", views.run_cancel, name="run-cancel"),
+    path("runs/<int:pk>/retry/", views.run_retry, name="run-retry"),
+    path("artifacts/", views.artifact_list, name="artifact-list"),
+    path("artifacts/<int:pk>/", views.artifact_detail, name="artifact-detail"),
+    path("corpora/upload/", views.corpus_upload, name="corpus-upload"),
+]

@@ -1,0 +1,205 @@
+"""Pages for runs and artifacts. Each view parses input, calls one service or selector, renders.
+
+Every page works as plain HTTP; with htmx the run page polls its live partial every 2 s until
+the run ends (the final poll answers 286, which tells htmx to stop).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.contrib import messages
+from django.core.exceptions import PermissionDenied
+from django.core.paginator import Paginator
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest
+from django.shortcuts import get_object_or_404, redirect, render
+from django.utils import timezone
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django_htmx.http import HttpResponseStopPolling
+
+from training import selectors, services
+from training.forms import CorpusUploadForm, field_name_for_error, launch_form_class, split_cleaned
+from training.kinds import ConfigInvalid, all_kinds, get_kind
+from training.models import Artifact, ArtifactKind, Run, RunStatus
+from webapp.roles import Capability, role_required
+
+
+@role_required(Capability.VIEW_RUNS)
+@require_GET
+def run_list(request: HttpRequest) -> HttpResponse:
+    kind = request.GET.get("kind", "")
+    status = request.GET.get("status", "")
+    if kind and get_kind(kind) is None or status and status not in RunStatus.values:
+        return HttpResponseBadRequest("unknown kind or status filter")
+    page = Paginator(selectors.run_list(kind=kind, status=status), 50).get_page(
+        request.GET.get("page")
+    )
+    context = {
+        "page": page,
+        "kinds": all_kinds(),
+        "statuses": RunStatus.choices,
+        "kind": kind,
+        "status": status,
+        "workers": _live_workers(),
+    }
+    return render(request, "training/run_list.html", context)
+
+
+def _live_workers() -> list:
+    from training.workers import live_workers
+
+    return live_workers()
+
+
+@role_required(Capability.LAUNCH_RUNS)
+@require_GET
+def run_new(request: HttpRequest) -> HttpResponse:
+    return render(request, "training/run_new.html", {"kinds": all_kinds()})
+
+
+@role_required(Capability.LAUNCH_RUNS)
+@require_http_methods(["GET", "POST"])
+def run_launch(request: HttpRequest, kind: str) -> HttpResponse:
+    run_kind = get_kind(kind)
+    if run_kind is None:
+        raise Http404("no such run kind")
+    form_class = launch_form_class(run_kind)
+    # Links like "train a tokenizer on this corpus" preselect inputs with ?input_corpus=<id>.
+    initial = {key: request.GET.getlist(key) for key in request.GET if key.startswith("input_")}
+    form = form_class(request.POST or None, initial=initial)
+    if request.method == "POST" and form.is_valid():
+        config, inputs = split_cleaned(run_kind, form.cleaned_data)
+        try:
+            run = services.run_create(
+                kind=run_kind.name, config=config, inputs=inputs, user=request.user
+            )
+        except ConfigInvalid as exc:
+            for key, errors in exc.errors.items():
+                for error in errors:
+                    form.add_error(field_name_for_error(run_kind, key), error)
+        else:
+            messages.success(request, f"Run #{run.pk} queued.")
+            return redirect(run)
+    status = 400 if request.method == "POST" else 200
+    return render(
+        request, "training/run_launch.html", {"kind": run_kind, "form": form}, status=status
+    )
+
+
+@role_required(Capability.VIEW_RUNS)
+@require_GET
+def run_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    run = get_object_or_404(Run.objects.select_related("created_by"), pk=pk)
+    context = {
+        "run": run,
+        "kind": get_kind(run.kind),
+        "series": selectors.metric_series(run),
+        "eta": _eta(run),
+        "may_act": services.user_may_act_on(request.user, run),
+        "outputs": run.outputs.all(),
+        "input_artifacts": run.input_artifacts.all(),
+    }
+    if request.htmx:
+        response = render(request, "training/run_detail.html#run-live", context)
+        if run.is_terminal:
+            response.status_code = HttpResponseStopPolling.status_code
+        return response
+    return render(request, "training/run_detail.html", context)
+
+
+def _eta(run: Run) -> timedelta | None:
+    """Remaining time, extrapolated from progress so far (None until there is some)."""
+    if run.status != RunStatus.RUNNING or not run.started_at or run.progress <= 0.01:
+        return None
+    elapsed = timezone.now() - run.started_at
+    remaining = elapsed * (1 - run.progress) / run.progress
+    return timedelta(seconds=round(remaining.total_seconds()))
+
+
+def _acted_on(request: HttpRequest, pk: int) -> Run:
+    run = get_object_or_404(Run, pk=pk)
+    if not services.user_may_act_on(request.user, run):
+        raise PermissionDenied("Only the person who launched this run (or an admin) may do that.")
+    return run
+
+
+@role_required(Capability.LAUNCH_RUNS)
+@require_POST
+def run_cancel(request: HttpRequest, pk: int) -> HttpResponse:
+    run = _acted_on(request, pk)
+    try:
+        services.run_cancel(run=run, user=request.user)
+        messages.info(request, f"Cancel requested for run #{run.pk}.")
+    except services.RunActionRefused as exc:
+        messages.warning(request, str(exc))
+    return redirect(run)
+
+
+@role_required(Capability.LAUNCH_RUNS)
+@require_POST
+def run_retry(request: HttpRequest, pk: int) -> HttpResponse:
+    run = _acted_on(request, pk)
+    try:
+        services.run_retry(run=run, user=request.user)
+        messages.info(request, f"Run #{run.pk} queued again.")
+    except services.RunActionRefused as exc:
+        messages.warning(request, str(exc))
+    return redirect(run)
+
+
+@role_required(Capability.VIEW_RUNS)
+@require_GET
+def artifact_list(request: HttpRequest) -> HttpResponse:
+    kind = request.GET.get("kind", "")
+    if kind and kind not in ArtifactKind.values:
+        return HttpResponseBadRequest("unknown artifact kind")
+    page = Paginator(selectors.artifact_list(kind=kind), 50).get_page(request.GET.get("page"))
+    context = {"page": page, "kinds": ArtifactKind.choices, "kind": kind}
+    return render(request, "training/artifact_list.html", context)
+
+
+@role_required(Capability.VIEW_RUNS)
+@require_GET
+def artifact_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    artifact = get_object_or_404(Artifact.objects.select_related("run", "created_by"), pk=pk)
+    context = {
+        "artifact": artifact,
+        "parents": artifact.parents.all(),
+        "children": artifact.children.all(),
+        "consumers": artifact.consumed_by.all()[:20],
+    }
+    return render(request, "training/artifact_detail.html", context)
+
+
+@role_required(Capability.LAUNCH_RUNS)
+@require_http_methods(["GET", "POST"])
+def corpus_upload(request: HttpRequest) -> HttpResponse:
+    form = CorpusUploadForm()
+    status = 200
+    if request.method == "POST":
+        if getattr(request, "upload_too_large", False):
+            return _upload_too_large(request)
+        form = CorpusUploadForm(request.POST, request.FILES)
+        if form.is_valid():
+            try:
+                artifact = services.corpus_upload(
+                    uploaded=form.cleaned_data["file"],
+                    name=form.cleaned_data["name"],
+                    user=request.user,
+                )
+            except services.UploadRefused as exc:
+                form.add_error("file", str(exc))
+            else:
+                messages.success(request, f"Corpus #{artifact.pk} uploaded.")
+                return redirect(artifact)
+        status = 400
+    return render(request, "training/corpus_upload.html", {"form": form}, status=status)
+
+
+def _upload_too_large(request: HttpRequest) -> HttpResponse:
+    from webapp.uploads import upload_cap_bytes
+
+    form = CorpusUploadForm()
+    cap_mb = upload_cap_bytes() // (1024 * 1024)
+    form.add_error("file", f"The file is larger than the {cap_mb} MB upload limit.")
+    return render(request, "training/corpus_upload.html", {"form": form}, status=413)
