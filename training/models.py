@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 from django.conf import settings
@@ -83,6 +84,8 @@ class Run(models.Model):
     """One background job: a kind, a validated config, input artifacts, and its whole life."""
 
     kind = models.CharField(max_length=32, db_index=True)
+    # Names the run's folder with the id, so a recreated database never adopts old files.
+    uid = models.UUIDField(default=uuid.uuid4, editable=False, unique=True)
     status = models.CharField(
         max_length=16, choices=RunStatus.choices, default=RunStatus.QUEUED, db_index=True
     )

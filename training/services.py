@@ -50,9 +50,8 @@ def artifacts_root() -> Path:
     return root
 
 
-def run_dir(run: Run | int) -> Path:
-    run_id = run if isinstance(run, int) else run.pk
-    return artifacts_root() / "runs" / f"{run_id:06d}"
+def run_dir(run: Run) -> Path:
+    return artifacts_root() / "runs" / f"{run.pk:06d}-{run.uid.hex[:8]}"
 
 
 # --- launching --------------------------------------------------------------------------------

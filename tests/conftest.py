@@ -1,0 +1,64 @@
+"""Shared fixtures: one named person per role, logged-in clients, corpora from ../shared/data."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from django.test import Client
+
+from webapp.models import User
+from webapp.roles import Role
+
+SHARED_DATA = Path(
+    os.environ.get("ORCHARD_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data"
+)
+
+# Two people for every role that owns objects, so "another user's object" can be tested.
+PERSONAS = {
+    "lena": Role.LABELER,
+    "leo": Role.LABELER,
+    "rita": Role.REVIEWER,
+    "tom": Role.TRAINER,
+    "tess": Role.TRAINER,
+    "ada": Role.ADMIN,
+}
+
+
+@pytest.fixture
+def people(db: None) -> dict[str, User]:
+    made = {}
+    for name, role in PERSONAS.items():
+        user = User.objects.create_user(name, f"{name}@example.org", "pw-" + name, role=role)
+        if role == Role.ADMIN:
+            user.is_staff = user.is_superuser = True
+            user.save()
+        made[name] = user
+    return made
+
+
+@pytest.fixture
+def client_for(people: dict[str, User]) -> Callable[[str | None], Client]:
+    def make(name: str | None) -> Client:
+        client = Client()
+        if name is not None:
+            client.force_login(people[name])
+        return client
+
+    return make
+
+
+@pytest.fixture
+def shakespeare_slice(tmp_path: Path) -> Callable[[int], Path]:
+    """The first ``n`` bytes of tinyshakespeare (read from ../shared/data, never copied in)."""
+
+    def make(n: int = 200_000, name: str = "shakespeare.txt") -> Path:
+        source = SHARED_DATA / "pretrain" / "tinyshakespeare.txt"
+        text = source.read_bytes()[:n].decode("utf-8", errors="ignore")
+        path = tmp_path / name
+        path.write_text(text)
+        return path
+
+    return make
