@@ -41,7 +41,8 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from training.core.corpus import CorpusError, corpus_format, iter_documents_with_offsets
 from training.core.reporting import Cancelled, Reporter
@@ -157,13 +158,20 @@ class TokenizerConfig(BaseModel):
     @model_validator(mode="after")
     def _vocab_fits_fixed_tokens(self) -> TokenizerConfig:
         fixed = BYTE_ALPHABET_SIZE + len(all_special_tokens(self.num_reserved_tokens))
-        if self.vocab_size <= fixed:
-            raise ValueError(
-                f"vocab_size must be greater than {fixed} (256 byte tokens + "
-                f"{fixed - BYTE_ALPHABET_SIZE} special, tool and reserved tokens) to leave room "
-                "for merges"
-            )
-        return self
+        if self.vocab_size > fixed:
+            return self
+        # Raised as a ValidationError located at vocab_size (a plain ValueError here would have
+        # no field), so a web form shows the message next to the field.
+        problem = PydanticCustomError(
+            "vocab_too_small",
+            "vocab_size must be greater than {fixed} (256 byte tokens + {special} special, tool "
+            "and reserved tokens) to leave room for merges",
+            {"fixed": fixed, "special": fixed - BYTE_ALPHABET_SIZE},
+        )
+        raise ValidationError.from_exception_data(
+            type(self).__name__,
+            [InitErrorDetails(type=problem, loc=("vocab_size",), input=self.vocab_size)],
+        )
 
 
 def run(
@@ -194,7 +202,6 @@ def run(
         raise CorpusError("the corpus contains no documents")
     if reporter.should_stop():  # a cancel that arrived during the merge computation
         raise Cancelled()
-    reporter.progress(feed.bytes_done, feed.total_bytes, "tokenizer trained")
     reporter.log(
         f"learned {backend.get_vocab_size()} tokens from {feed.documents} documents "
         f"in {time.monotonic() - started:.1f} s"
@@ -278,6 +285,8 @@ class _DocumentFeed:
                 batch, chars = [], 0
         if batch:
             yield batch
+        # Reading is done; the trainer now computes merges, which reports nothing until it ends.
+        self.reporter.progress(self.total_bytes, self.total_bytes, "corpus read, computing merges")
 
     def _training_documents(self) -> Iterator[str]:
         for path in self.paths:

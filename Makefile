@@ -1,0 +1,66 @@
+# Orchard: `make run` to try it, `make test` to check it. See README.md.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+PORT ?= 8000
+HOST ?= 127.0.0.1
+# The suite's second pass runs on these real services (CI starts them; see .ci/run).
+TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/orchard
+TEST_BROKER_URL ?= redis://127.0.0.1:6379/15
+PYTEST := $(BIN)/python -m pytest
+
+.PHONY: setup run migrate demo-users worker web test test-unit test-services lint stress clean
+
+# Idempotent: reinstalls only when a requirements file changed.
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+migrate: setup
+	$(BIN)/python manage.py migrate --noinput
+
+demo-users: migrate
+	$(BIN)/python manage.py orchard_demo_users
+
+# Web server and one worker together on the embedded defaults; Ctrl-C stops both.
+run: demo-users
+	@echo "Orchard on http://$(HOST):$(PORT)/  (Ctrl-C stops the web server and the worker)"
+	HOST=$(HOST) PORT=$(PORT) PATH="$(abspath $(BIN)):$$PATH" $(BIN)/honcho start -f Procfile
+
+web: migrate
+	$(BIN)/python manage.py runserver $(HOST):$(PORT)
+
+worker: migrate
+	$(BIN)/python manage.py runworker
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
+	$(BIN)/python manage.py makemigrations --check --dry-run
+
+# The whole suite on the embedded defaults (SQLite + filesystem broker), then the parts that
+# touch the database and the broker again on PostgreSQL + Redis.
+test: lint test-unit test-services
+
+test-unit: setup
+	$(PYTEST) -q
+
+test-services: setup
+	DATABASE_URL=$(TEST_DATABASE_URL) CELERY_BROKER_URL=$(TEST_BROKER_URL) \
+		$(PYTEST) -q tests/training tests/integration tests/test_healthz.py
+
+# Fault trials at full size: kill -9 the worker at random points of TRIALS runs (CI runs 1).
+stress: setup
+	ORCHARD_KILL_TRIALS=$${TRIALS:-20} $(PYTEST) -q -m integration tests/integration/test_worker_faults.py
+	ORCHARD_KILL_TRIALS=$${TRIALS:-20} DATABASE_URL=$(TEST_DATABASE_URL) \
+		CELERY_BROKER_URL=$(TEST_BROKER_URL) \
+		$(PYTEST) -q -m integration tests/integration/test_worker_faults.py
+
+clean:
+	rm -rf var .pytest_cache .ruff_cache
