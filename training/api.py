@@ -14,7 +14,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from training import selectors, services
-from training.kinds import ConfigInvalid, get_kind
+from training.kinds import ConfigInvalid
 from training.models import Artifact, ArtifactKind, Run, RunStatus
 from webapp.roles import Capability, HasCapability
 
@@ -25,8 +25,18 @@ class ArtifactSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Artifact
-        fields = ["id", "kind", "name", "sha256", "size_bytes", "meta", "run", "parents",
-                  "created_by", "created_at"]
+        fields = [
+            "id",
+            "kind",
+            "name",
+            "sha256",
+            "size_bytes",
+            "meta",
+            "run",
+            "parents",
+            "created_by",
+            "created_at",
+        ]
 
 
 class RunSerializer(serializers.ModelSerializer):
@@ -35,9 +45,27 @@ class RunSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Run
-        fields = ["id", "kind", "status", "config", "inputs", "created_by", "created_at",
-                  "started_at", "finished_at", "progress", "step", "total_steps", "message",
-                  "error", "result", "cancel_requested", "attempts", "max_attempts", "outputs"]
+        fields = [
+            "id",
+            "kind",
+            "status",
+            "config",
+            "inputs",
+            "created_by",
+            "created_at",
+            "started_at",
+            "finished_at",
+            "progress",
+            "step",
+            "total_steps",
+            "message",
+            "error",
+            "result",
+            "cancel_requested",
+            "attempts",
+            "max_attempts",
+            "outputs",
+        ]
 
 
 class RunDetailSerializer(RunSerializer):
@@ -71,7 +99,10 @@ def _filter_value(request: Request, name: str, allowed: list[str]) -> str:
 
 
 @extend_schema(
-    parameters=[OpenApiParameter("kind", str), OpenApiParameter("status", str, enum=RunStatus.values)]
+    parameters=[
+        OpenApiParameter("kind", str),
+        OpenApiParameter("status", str, enum=RunStatus.values),
+    ]
 )
 class RunListCreateApi(ListAPIView):
     serializer_class = RunSerializer
@@ -169,7 +200,7 @@ class CorpusUploadApi(APIView):
 
     @extend_schema(request=CorpusUploadSerializer, responses={201: ArtifactSerializer})
     def post(self, request: Request) -> Response:
-        data = CorpusUploadSerializer(data=request.data)
+        data = CorpusUploadSerializer(data=request.data)  # parses the body first
         if getattr(request._request, "upload_too_large", False):
             return Response(
                 {"file": ["larger than the upload limit"]},

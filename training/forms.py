@@ -20,8 +20,10 @@ from training.models import Artifact, ArtifactKind
 
 class CorpusUploadForm(forms.Form):
     name = forms.CharField(max_length=200, required=False, help_text="Defaults to the file name.")
-    file = forms.FileField(help_text=".txt (documents separated by blank lines or "
-                           "<|endoftext|>) or .jsonl with a `text` field; .gz accepted.")
+    file = forms.FileField(
+        help_text=".txt (documents separated by blank lines or "
+        "<|endoftext|>) or .jsonl with a `text` field; .gz accepted."
+    )
 
 
 def launch_form_class(kind: RunKind) -> type[forms.Form]:

@@ -45,7 +45,9 @@ def _thin(points: list[tuple[int, float]], max_points: int) -> list[tuple[int, f
 def latest_metrics(run: Run) -> dict[str, dict[str, float]]:
     latest: dict[str, dict[str, float]] = {}
     for name, step, value in (
-        RunMetric.objects.filter(run=run).order_by("name", "step").values_list("name", "step", "value")
+        RunMetric.objects.filter(run=run)
+        .order_by("name", "step")
+        .values_list("name", "step", "value")
     ):
         latest[name] = {"step": step, "value": value}
     return latest

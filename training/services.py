@@ -105,7 +105,9 @@ def _validate_inputs(kind: RunKind, inputs: Any) -> dict[str, list[Artifact]]:
         found = {a.pk: a for a in Artifact.objects.filter(pk__in=ids, kind=spec.artifact_kind)}
         missing = [i for i in ids if i not in found]
         if missing:
-            errors[key] = [f"no {spec.artifact_kind} artifact with id {', '.join(map(str, missing))}"]
+            errors[key] = [
+                f"no {spec.artifact_kind} artifact with id {', '.join(map(str, missing))}"
+            ]
             continue
         resolved[spec.name] = [found[i] for i in dict.fromkeys(ids)]
     if errors:
@@ -194,9 +196,7 @@ def run_execute(*, run_id: int, owner: str | None = None) -> str:
     if run is None:
         return "not claimed"
     directory = run_dir(run)
-    reporter = DbReporter(
-        run.pk, owner, log_path=directory / "run.log", initial_log=run.log_tail
-    )
+    reporter = DbReporter(run.pk, owner, log_path=directory / "run.log", initial_log=run.log_tail)
     keeper = LeaseKeeper(run.pk, owner, reporter.lease_lost)
     keeper.start()
     reporter.log(f"attempt {run.attempts} of {run.max_attempts} on {owner}")
@@ -399,7 +399,10 @@ def runs_sweep(*, requeue_queued_after: float | None = None) -> SweepReport:
     if requeued or reenqueued or failed or cancelled:
         logger.info(
             "sweep: requeued %s, re-enqueued %s, failed %d, cancelled %d",
-            requeued, reenqueued, failed, cancelled,
+            requeued,
+            reenqueued,
+            failed,
+            cancelled,
         )
     return SweepReport(requeued=requeued, reenqueued=reenqueued, failed=failed, cancelled=cancelled)
 
@@ -433,6 +436,8 @@ def artifact_register_dir(
         )
         artifact.parents.set(parents)
         relative = f"{kind}/{artifact.pk:06d}-{digest[:12]}"
+        if (artifacts_root() / relative).exists():  # left by an earlier database: never adopt it
+            relative += f"-{uuid.uuid4().hex[:6]}"
         target = artifacts_root() / relative
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(source), target)
@@ -450,7 +455,9 @@ class UploadRefused(ValueError):
 
 def corpus_suffix(filename: str) -> str | None:
     lowered = filename.lower()
-    return next((s for s in sorted(CORPUS_SUFFIXES, key=len, reverse=True) if lowered.endswith(s)), None)
+    return next(
+        (s for s in sorted(CORPUS_SUFFIXES, key=len, reverse=True) if lowered.endswith(s)), None
+    )
 
 
 def corpus_upload(*, uploaded: UploadedFile, name: str, user: Any) -> Artifact:

@@ -177,9 +177,10 @@ def corpus_upload(request: HttpRequest) -> HttpResponse:
     form = CorpusUploadForm()
     status = 200
     if request.method == "POST":
+        files = request.FILES  # parses the body; the upload handler flags an oversized file
         if getattr(request, "upload_too_large", False):
             return _upload_too_large(request)
-        form = CorpusUploadForm(request.POST, request.FILES)
+        form = CorpusUploadForm(request.POST, files)
         if form.is_valid():
             try:
                 artifact = services.corpus_upload(
@@ -199,7 +200,10 @@ def corpus_upload(request: HttpRequest) -> HttpResponse:
 def _upload_too_large(request: HttpRequest) -> HttpResponse:
     from webapp.uploads import upload_cap_bytes
 
-    form = CorpusUploadForm()
     cap_mb = upload_cap_bytes() // (1024 * 1024)
-    form.add_error("file", f"The file is larger than the {cap_mb} MB upload limit.")
+    form = CorpusUploadForm(data={"name": request.POST.get("name", "")})
+    form.full_clean()
+    form.errors["file"] = form.error_class(
+        [f"The file is larger than the {cap_mb} MB upload limit."]
+    )
     return render(request, "training/corpus_upload.html", {"form": form}, status=413)

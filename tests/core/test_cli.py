@@ -34,12 +34,13 @@ def test_tokenizer_stage_runs_from_the_shell(tmp_path: Path) -> None:
     config = tmp_path / "cfg.json"
     config.write_text(json.dumps({"vocab_size": 512, "num_reserved_tokens": 2}))
     out = tmp_path / "out"
+    corpus = f"corpus={tiny_corpus(tmp_path)}"
     done = run_cli(
-        "tokenizer", "--config", config, "--input", f"corpus={tiny_corpus(tmp_path)}", "--out", out
+        "tokenizer", "--config", config, "--input", corpus, "--input", corpus, "--out", out
     )
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
-    assert result["documents"] == 300
+    assert result["documents"] == 600  # a repeated input name collects a list of files
     assert "[progress]" in done.stderr
 
     from transformers import AutoTokenizer

@@ -47,8 +47,10 @@ def test_a_killed_worker_run_is_resumed_by_another(start_worker, people, trial):
     assert run.attempts == 2
     assert run.result["state"] == expected_state(STEPS)
 
-    entries = [json.loads(line) for line in
-               (services.run_dir(run) / "work" / "ledger.jsonl").read_text().splitlines()]
+    entries = [
+        json.loads(line)
+        for line in (services.run_dir(run) / "work" / "ledger.jsonl").read_text().splitlines()
+    ]
     pids = list(dict.fromkeys(e["pid"] for e in entries))
     assert len(pids) == 2, "exactly one process before the kill and one after"
     before = [e for e in entries if e["pid"] == pids[0]]

@@ -27,10 +27,14 @@ def test_a_tokenizer_run_succeeds_in_a_worker(start_worker, people, shakespeare_
     start_worker("tok")
     path = shakespeare_slice(150_000)
     corpus = services.corpus_upload(
-        uploaded=SimpleUploadedFile("shakespeare.txt", path.read_bytes()), name="", user=people["tom"]
+        uploaded=SimpleUploadedFile("shakespeare.txt", path.read_bytes()),
+        name="",
+        user=people["tom"],
     )
     run = services.run_create(
-        kind="tokenizer", config={"vocab_size": 600}, inputs={"corpus": [corpus.pk]},
+        kind="tokenizer",
+        config={"vocab_size": 600},
+        inputs={"corpus": [corpus.pk]},
         user=people["tom"],
     )
     wait_for(lambda: status_of(run) in ("succeeded", "failed"), 120, "the tokenizer run")
@@ -46,7 +50,9 @@ def test_a_tokenizer_run_succeeds_in_a_worker(start_worker, people, shakespeare_
 def test_cancel_stops_a_running_run_within_seconds(start_worker, people):
     start_worker("cancel")
     run = services.run_create(
-        kind="countdown", config={"steps": 5000, "step_seconds": 0.05}, inputs={},
+        kind="countdown",
+        config={"steps": 5000, "step_seconds": 0.05},
+        inputs={},
         user=people["tom"],
     )
     wait_for(lambda: Run.objects.get(pk=run.pk).step >= 3, 60, "the run to start stepping")
@@ -65,7 +71,9 @@ def test_duplicate_messages_never_run_a_run_twice(start_worker, people):
     start_worker("dup1")
     start_worker("dup2")
     run = services.run_create(
-        kind="countdown", config={"steps": 20, "step_seconds": 0.05}, inputs={},
+        kind="countdown",
+        config={"steps": 20, "step_seconds": 0.05},
+        inputs={},
         user=people["tom"],
     )
     for _ in range(3):

@@ -58,8 +58,10 @@ def run(
         time.sleep(cfg.step_seconds)
         state = (31 * state + step) % PRIME
         with open(work_dir / "ledger.jsonl", "a") as ledger:
-            ledger.write(json.dumps({"pid": os.getpid(), "step": step, "t0": began,
-                                     "t1": time.time()}) + "\n")
+            ledger.write(
+                json.dumps({"pid": os.getpid(), "step": step, "t0": began, "t1": time.time()})
+                + "\n"
+            )
         reporter.progress(step, cfg.steps, f"step {step}")
         reporter.metrics({"state_mod_97": state % 97}, step)
         if step == cfg.fail_at_step:

@@ -24,8 +24,12 @@ def test_it_queues_a_valid_run_on_commit(people, django_capture_on_commit_callba
     with django_capture_on_commit_callbacks() as callbacks:
         run = launch(people["tom"], steps=3)
     assert run.status == RunStatus.QUEUED
-    assert run.config == {"steps": 3, "checkpoint_every": 5, "step_seconds": 0.02,
-                          "fail_at_step": 0}
+    assert run.config == {
+        "steps": 3,
+        "checkpoint_every": 5,
+        "step_seconds": 0.02,
+        "fail_at_step": 0,
+    }
     assert len(callbacks) == 1  # exactly one enqueue, after commit
 
 
@@ -93,7 +97,9 @@ def test_it_lets_another_worker_take_over_an_expired_lease(people):
 def test_it_fails_a_run_whose_worker_died_on_every_attempt(people):
     run = launch(people["tom"])
     Run.objects.filter(pk=run.pk).update(
-        status=RunStatus.RUNNING, attempts=3, max_attempts=3,
+        status=RunStatus.RUNNING,
+        attempts=3,
+        max_attempts=3,
         lease_expires_at=timezone.now() - timedelta(seconds=1),
     )
     assert services.run_claim(run_id=run.pk, owner="x") is None
@@ -114,6 +120,7 @@ def test_it_executes_a_run_to_success_with_metrics_and_an_output_artifact(people
     assert output.kind == ArtifactKind.OUTPUT
     assert (output.abspath() / "result.json").is_file()
     assert output.path.startswith(f"output/{output.pk:06d}-{output.sha256[:12]}")
+    assert (output.abspath() / "result.json").is_file()
     assert "attempt 1 of 3" in run.log_tail
     assert run.lease_expires_at is None
 

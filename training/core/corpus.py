@@ -8,7 +8,8 @@ Supported files, chosen by name:
 - ``.jsonl``: one JSON object per line with a string ``text`` field; blank lines are skipped.
 - either of the above compressed with gzip (``.txt.gz``, ``.jsonl.gz``).
 
-Documents are stripped of surrounding line breaks; empty or whitespace-only documents are dropped.
+Plain-text documents lose their surrounding line breaks; JSONL texts are kept exactly. Empty or
+whitespace-only documents are dropped.
 
 Everything streams: memory is bounded by the longest line (at most ``MAX_LINE_BYTES``; longer lines
 are an error) and the longest document (plain-text documents longer than ``MAX_DOCUMENT_CHARS`` are

@@ -63,5 +63,4 @@ def bar_chart(title: str, counts: dict[str, int] | list[tuple[str, int]]) -> dic
         }
         for i, (label, count) in enumerate(items)
     ]
-    return {"title": title, "bars": bars, "width": WIDTH, "height": HEIGHT,
-            "label_y": HEIGHT - 6}
+    return {"title": title, "bars": bars, "width": WIDTH, "height": HEIGHT, "label_y": HEIGHT - 6}

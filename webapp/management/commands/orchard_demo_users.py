@@ -49,4 +49,6 @@ class Command(BaseCommand):
             user.is_staff = user.is_superuser = role == Role.ADMIN
             user.set_password(passwords[role.value])
             user.save()
-            self.stdout.write(f"  {role.label:<9} user {role.value:<9} password {passwords[role.value]}")
+            self.stdout.write(
+                f"  {role.label:<9} user {role.value:<9} password {passwords[role.value]}"
+            )

@@ -1,0 +1,168 @@
+"""Every URL × every role (anonymous, labeler, reviewer, trainer, another trainer, admin).
+
+Routes are enumerated from the URL resolver: a new route that is not classified here fails this
+test, so no page or endpoint ships without a decision about who may use it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.urls import URLPattern, URLResolver, get_resolver
+
+from training import services
+from training.models import Run, RunStatus
+
+pytestmark = pytest.mark.django_db
+
+PERSONAS = ["anon", "lena", "rita", "tom", "tess", "ada"]  # tom owns the objects under test
+
+
+@dataclass
+class Case:
+    method: str
+    path: Callable[[dict[str, Any]], str]
+    expect: dict[str, int]
+    data: Callable[[], dict] | None = None
+
+
+def codes(anon: int, labeler: int, reviewer: int, owner: int, other: int, admin: int) -> dict:
+    return dict(zip(PERSONAS, [anon, labeler, reviewer, owner, other, admin], strict=True))
+
+
+# Pages need a login (302 to it) and a role (403); the API answers 401, then 403.
+PAGE_VIEW_RUNS = codes(302, 403, 403, 200, 200, 200)
+API_VIEW_RUNS = codes(401, 403, 403, 200, 200, 200)
+EVERYONE = codes(302, 200, 200, 200, 200, 200)
+
+
+def corpus_file() -> dict:
+    return {"file": SimpleUploadedFile("c.txt", b"one document\n\nanother one\n")}
+
+
+CASES: dict[str, Case] = {
+    "home": Case("GET", lambda o: "/", EVERYONE),
+    "healthz": Case("GET", lambda o: "/healthz", codes(200, 200, 200, 200, 200, 200)),
+    "login": Case("GET", lambda o: "/login/", codes(200, 302, 302, 302, 302, 302)),
+    "logout": Case("POST", lambda o: "/logout/", codes(302, 302, 302, 302, 302, 302)),
+    "api-schema": Case("GET", lambda o: "/api/schema/", codes(401, 200, 200, 200, 200, 200)),
+    "api-docs": Case("GET", lambda o: "/api/docs/", codes(401, 200, 200, 200, 200, 200)),
+    "training:run-list": Case("GET", lambda o: "/runs/", PAGE_VIEW_RUNS),
+    "training:run-new": Case("GET", lambda o: "/runs/new/", PAGE_VIEW_RUNS),
+    "training:run-launch": Case("GET", lambda o: "/runs/new/tokenizer/", PAGE_VIEW_RUNS),
+    "training:run-detail": Case("GET", lambda o: f"/runs/{o['run'].pk}/", PAGE_VIEW_RUNS),
+    "training:run-cancel": Case(
+        "POST", lambda o: f"/runs/{o['run'].pk}/cancel/", codes(302, 403, 403, 302, 403, 302)
+    ),
+    "training:run-retry": Case(
+        "POST", lambda o: f"/runs/{o['failed'].pk}/retry/", codes(302, 403, 403, 302, 403, 302)
+    ),
+    "training:artifact-list": Case("GET", lambda o: "/artifacts/", PAGE_VIEW_RUNS),
+    "training:artifact-detail": Case(
+        "GET", lambda o: f"/artifacts/{o['corpus'].pk}/", PAGE_VIEW_RUNS
+    ),
+    "training:corpus-upload": Case("GET", lambda o: "/corpora/upload/", PAGE_VIEW_RUNS),
+    "api-run-list": Case("GET", lambda o: "/api/runs/", API_VIEW_RUNS),
+    "api-run-detail": Case("GET", lambda o: f"/api/runs/{o['run'].pk}/", API_VIEW_RUNS),
+    "api-run-cancel": Case(
+        "POST", lambda o: f"/api/runs/{o['run'].pk}/cancel/", codes(401, 403, 403, 200, 403, 200)
+    ),
+    "api-run-retry": Case(
+        "POST", lambda o: f"/api/runs/{o['failed'].pk}/retry/", codes(401, 403, 403, 200, 403, 200)
+    ),
+    "api-run-metrics": Case("GET", lambda o: f"/api/runs/{o['run'].pk}/metrics/", API_VIEW_RUNS),
+    "api-artifact-list": Case("GET", lambda o: "/api/artifacts/", API_VIEW_RUNS),
+    "api-artifact-detail": Case(
+        "GET", lambda o: f"/api/artifacts/{o['corpus'].pk}/", API_VIEW_RUNS
+    ),
+    "api-corpus-upload": Case(
+        "POST", lambda o: "/api/corpora/", codes(401, 403, 403, 201, 201, 201), corpus_file
+    ),
+}
+# Launching through the API, separately from listing (same route, another capability).
+API_CREATE = Case(
+    "POST",
+    lambda o: "/api/runs/",
+    codes(401, 403, 403, 201, 201, 201),
+    lambda: {"kind": "countdown", "config": {"steps": 1}},
+)
+
+
+def route_names(patterns: list, prefix: str = "") -> set[str]:
+    names: set[str] = set()
+    for pattern in patterns:
+        if isinstance(pattern, URLResolver):
+            namespace = f"{prefix}{pattern.namespace}:" if pattern.namespace else prefix
+            names |= route_names(pattern.url_patterns, namespace)
+        elif isinstance(pattern, URLPattern) and pattern.name:
+            names.add(prefix + pattern.name)
+    return names
+
+
+def test_every_route_is_classified() -> None:
+    names = {n for n in route_names(get_resolver().url_patterns) if not n.startswith("admin:")}
+    assert names - set(CASES) == set(), "classify new routes in CASES"
+    assert set(CASES) - names == set(), "CASES names routes that no longer exist"
+
+
+@pytest.fixture
+def objects(people) -> Callable[[], dict[str, Any]]:
+    def make() -> dict[str, Any]:
+        tom = people["tom"]
+        corpus = services.corpus_upload(uploaded=corpus_file()["file"], name="c", user=tom)
+        run = services.run_create(kind="countdown", config={}, inputs={}, user=tom)
+        failed = services.run_create(kind="countdown", config={}, inputs={}, user=tom)
+        Run.objects.filter(pk=failed.pk).update(status=RunStatus.FAILED)
+        return {"corpus": corpus, "run": run, "failed": failed}
+
+    return make
+
+
+def call(client_for, persona: str, case: Case, objs: dict[str, Any]) -> int:
+    client = client_for(None if persona == "anon" else persona)
+    data = case.data() if case.data else {}
+    if case.method == "GET":
+        return client.get(case.path(objs)).status_code
+    if case.data is corpus_file:
+        return client.post(case.path(objs), data).status_code
+    return client.post(case.path(objs), data, content_type="application/json").status_code
+
+
+@pytest.mark.parametrize("persona", PERSONAS)
+@pytest.mark.parametrize("name", [*sorted(CASES), "api-run-create"])
+def test_route_answers_each_role_as_expected(client_for, objects, persona, name) -> None:
+    case = API_CREATE if name == "api-run-create" else CASES[name]
+    assert call(client_for, persona, case, objects()) == case.expect[persona]
+
+
+@pytest.mark.parametrize("persona", PERSONAS)
+def test_the_admin_site_is_for_admins_only(client_for, persona) -> None:
+    client = client_for(None if persona == "anon" else persona)
+    expected = 200 if persona == "ada" else 302
+    assert client.get("/admin/").status_code == expected
+
+
+def test_token_auth_reaches_the_api(people, client_for) -> None:
+    from django.test import Client
+    from rest_framework.authtoken.models import Token
+
+    token = Token.objects.create(user=people["tom"])
+    client = Client(HTTP_AUTHORIZATION=f"Token {token.key}")
+    assert client.get("/api/runs/").status_code == 200
+    assert Client(HTTP_AUTHORIZATION="Token nope").get("/api/runs/").status_code == 401
+
+
+def test_unsafe_requests_without_a_csrf_token_are_refused(people) -> None:
+    from django.test import Client
+
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(people["tom"])
+    run = services.run_create(kind="countdown", config={}, inputs={}, user=people["tom"])
+    assert client.post(f"/runs/{run.pk}/cancel/").status_code == 403
+    assert client.post(f"/api/runs/{run.pk}/cancel/").status_code == 403
+    run.refresh_from_db()
+    assert run.status == RunStatus.QUEUED
