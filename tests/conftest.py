@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -67,3 +67,23 @@ def shakespeare_slice(tmp_path: Path) -> Callable[[int], Path]:
         return path
 
     return make
+
+
+@pytest.fixture
+def start_worker(transactional_db: None, tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """Start real worker subprocesses on the test database; all are stopped afterwards."""
+    from tests.support.workers import WorkerProcess, purge_broker
+
+    started: list[WorkerProcess] = []
+    purge_broker()
+
+    def start(name: str = "w1", wait: bool = True, **env: str) -> WorkerProcess:
+        worker = WorkerProcess(name, tmp_path, **env)
+        started.append(worker)
+        if wait:
+            worker.wait_ready()
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()

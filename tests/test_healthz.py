@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from django.test import override_settings
 from django.utils import timezone
 
 from training.models import WorkerHeartbeat
@@ -40,11 +39,11 @@ def test_it_reports_ok_with_a_live_worker_and_ignores_stale_ones(client):
     assert body["workers"] == {"ok": True, "count": 1, "queues": ["default", "training"]}
 
 
-@override_settings(CELERY_BROKER_URL="redis://127.0.0.1:1/0")
 def test_it_answers_503_when_the_broker_is_unreachable(client, monkeypatch):
     from webapp.celery import app
 
-    monkeypatch.setattr(app.conf, "broker_url", "redis://127.0.0.1:1/0")
+    unreachable = app.connection_for_write("redis://127.0.0.1:1/0")
+    monkeypatch.setattr(app, "connection_for_write", lambda: unreachable)
     response = client.get("/healthz")
     assert response.status_code == 503
     assert response.json()["broker"]["ok"] is False

@@ -130,10 +130,19 @@ def _as_id_list(value: Any) -> list[int] | None:
     return ids
 
 
-def run_enqueue(*, run_id: int) -> None:
+def run_enqueue(*, run_id: int) -> bool:
+    """Send the run's message. A broker that is down loses nothing: the run stays queued in the
+    database and the sweeper sends it again (ORCHARD_REQUEUE_QUEUED_AFTER_SECONDS)."""
+    from kombu.exceptions import OperationalError
+
     from training.tasks import execute_run
 
-    execute_run.apply_async((run_id,), queue="training")
+    try:
+        execute_run.apply_async((run_id,), queue="training", retry=False)
+    except OperationalError:
+        logger.warning("run %s: broker unreachable; the sweeper will send it later", run_id)
+        return False
+    return True
 
 
 # --- claiming and executing -------------------------------------------------------------------

@@ -228,3 +228,18 @@ def test_the_sweeper_leaves_live_runs_alone(people):
     services.run_claim(run_id=run.pk, owner="alive")
     report = services.runs_sweep()
     assert report.requeued == [] and report.failed == 0
+
+
+def test_a_launch_while_the_broker_is_down_keeps_the_run_for_the_sweeper(people, monkeypatch):
+    from kombu.exceptions import OperationalError
+
+    from training.tasks import execute_run
+
+    def broker_down(*args, **kwargs):
+        raise OperationalError("connection refused")
+
+    monkeypatch.setattr(execute_run, "apply_async", broker_down)
+    run = launch(people["tom"])
+    assert services.run_enqueue(run_id=run.pk) is False
+    run.refresh_from_db()
+    assert run.status == RunStatus.QUEUED
