@@ -162,6 +162,23 @@ class RunMetric(models.Model):
         return f"{self.name}@{self.step}={self.value:.4g}"
 
 
+class RunRecord(models.Model):
+    """A structured observation of a run at a step (sample generations, an eval table)."""
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="records")
+    step = models.BigIntegerField()
+    name = models.CharField(max_length=64)
+    payload = models.JSONField(default=dict)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["run", "name", "step"]
+        indexes = [models.Index(fields=["run", "name", "step"])]
+
+    def __str__(self) -> str:
+        return f"{self.name}@{self.step}"
+
+
 class WorkerHeartbeat(models.Model):
     """Written by every worker while it lives; /healthz and the runs page read it."""
 

@@ -20,7 +20,7 @@ from django.conf import settings
 from django.db import close_old_connections, connection
 from django.utils import timezone
 
-from training.models import Run, RunMetric, RunStatus
+from training.models import Run, RunMetric, RunRecord, RunStatus
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +50,7 @@ class DbReporter:
         self.lease_lost = threading.Event()
         self._tail: deque[str] = deque(initial_log.splitlines()[-LOG_TAIL_LINES:], LOG_TAIL_LINES)
         self._pending_metrics: list[RunMetric] = []
+        self._pending_records: list[RunRecord] = []
         self._pending_fields: dict[str, object] = {}
         self._last_flush = 0.0
         self._last_stop_check = 0.0
@@ -82,6 +83,12 @@ class DbReporter:
         self._pending_fields["log_tail"] = "\n".join(self._tail)
         self._maybe_flush()
 
+    def record(self, name: str, payload: dict, step: int) -> None:
+        self._pending_records.append(
+            RunRecord(run_id=self.run_id, step=step, name=name[:64], payload=payload)
+        )
+        self._maybe_flush()
+
     def should_stop(self) -> bool:
         if self.lease_lost.is_set() or self.cancel_seen:
             return True
@@ -101,6 +108,7 @@ class DbReporter:
         self._last_flush = time.monotonic()
         fields, self._pending_fields = self._pending_fields, {}
         metrics, self._pending_metrics = self._pending_metrics, []
+        records, self._pending_records = self._pending_records, []
         if self.lease_lost.is_set():
             return
         updated = Run.objects.filter(
@@ -111,6 +119,8 @@ class DbReporter:
             return
         if metrics:
             RunMetric.objects.bulk_create(metrics)
+        if records:
+            RunRecord.objects.bulk_create(records)
 
     def close(self) -> None:
         self.flush()

@@ -64,6 +64,8 @@ def run(
             )
         reporter.progress(step, cfg.steps, f"step {step}")
         reporter.metrics({"state_mod_97": state % 97}, step)
+        if step % cfg.checkpoint_every == 0:
+            reporter.record("checkpoint", {"state": state}, step)
         if step == cfg.fail_at_step:
             raise RuntimeError(f"injected failure at step {step}")
         if step % cfg.checkpoint_every == 0:

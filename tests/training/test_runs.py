@@ -11,7 +11,7 @@ from django.utils import timezone
 from tests.support.countdown import expected_state
 from training import services
 from training.kinds import ConfigInvalid
-from training.models import Artifact, ArtifactKind, Run, RunMetric, RunStatus
+from training.models import Artifact, ArtifactKind, Run, RunMetric, RunRecord, RunStatus
 
 pytestmark = pytest.mark.django_db
 
@@ -116,6 +116,8 @@ def test_it_executes_a_run_to_success_with_metrics_and_an_output_artifact(people
     assert run.result["state"] == expected_state(12)
     assert (run.progress, run.step, run.total_steps) == (1.0, 12, 12)
     assert RunMetric.objects.filter(run=run, name="state_mod_97").count() == 12
+    records = RunRecord.objects.filter(run=run, name="checkpoint").order_by("step")
+    assert [(r.step, r.payload["state"]) for r in records][-1] == (12, expected_state(12))
     output = Artifact.objects.get(run=run)
     assert output.kind == ArtifactKind.OUTPUT
     assert (output.abspath() / "result.json").is_file()

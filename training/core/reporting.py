@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Protocol, runtime_checkable
+import json
+from typing import Any, Protocol, runtime_checkable
 
 
 class Cancelled(Exception):
@@ -30,6 +31,10 @@ class Reporter(Protocol):
 
     def log(self, line: str) -> None:
         """Append a human-readable line to the run's log."""
+
+    def record(self, name: str, payload: dict[str, Any], step: int) -> None:
+        """Keep a structured observation that is not a number: sample generations at a step,
+        a batch of examples, an evaluation table. ``payload`` must be JSON-serialisable."""
 
     def should_stop(self) -> bool:
         """True once the run was cancelled (or its lease lost): stop at the next safe point."""
@@ -58,6 +63,9 @@ class ConsoleReporter:
     def log(self, line: str) -> None:
         print(line, file=self.stream)
 
+    def record(self, name: str, payload: dict[str, Any], step: int) -> None:
+        print(f"[{name}] step={step} {json.dumps(payload, ensure_ascii=False)}", file=self.stream)
+
     def should_stop(self) -> bool:
         return False
 
@@ -69,6 +77,7 @@ class RecordingReporter:
         self.progress_calls: list[tuple[int, int | None, str]] = []
         self.metric_calls: list[tuple[dict[str, float], int]] = []
         self.lines: list[str] = []
+        self.records: list[tuple[str, dict[str, Any], int]] = []
         self.stop_after_progress_calls = stop_after_progress_calls
 
     def progress(self, step: int, total: int | None = None, message: str = "") -> None:
@@ -79,6 +88,9 @@ class RecordingReporter:
 
     def log(self, line: str) -> None:
         self.lines.append(line)
+
+    def record(self, name: str, payload: dict[str, Any], step: int) -> None:
+        self.records.append((name, payload, step))
 
     def should_stop(self) -> bool:
         limit = self.stop_after_progress_calls

@@ -32,7 +32,7 @@ def line_chart(name: str, points: list[tuple[int, float]]) -> dict[str, Any]:
         "width": WIDTH,
         "height": HEIGHT,
         "points": " ".join(xy(s, v) for s, v in points),
-        "single": xy(*points[0]) if len(points) == 1 else None,
+        "single": len(points) == 1,
         "last": points[-1] if points else None,
         "y_min": y0,
         "y_max": y1,
@@ -64,3 +64,9 @@ def bar_chart(title: str, counts: dict[str, int] | list[tuple[str, int]]) -> dic
         for i, (label, count) in enumerate(items)
     ]
     return {"title": title, "bars": bars, "width": WIDTH, "height": HEIGHT, "label_y": HEIGHT - 6}
+
+
+@register.filter
+def visible_whitespace(piece: str) -> str:
+    """Token pieces as people can see them: a newline is drawn as ↵ and a tab as →."""
+    return piece.replace("\n", "↵").replace("\t", "→")
