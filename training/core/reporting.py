@@ -7,9 +7,9 @@ are responsible for rate-limiting their own writes.
 
 from __future__ import annotations
 
+import json
 import sys
 import time
-import json
 from typing import Any, Protocol, runtime_checkable
 
 
