@@ -100,3 +100,15 @@ def test_make_run_serves_the_app_with_a_worker_and_stops_on_ctrl_c(tmp_path):
     else:
         pytest.fail("processes of `make run` were still alive after Ctrl-C")
     log.close()
+
+
+def test_make_setup_is_idempotent():
+    """Once installed, `make setup` has nothing to do (make -q exits 0 when up to date)."""
+    subprocess.run(
+        ["make", "--no-print-directory", "setup"],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        timeout=900,
+    )
+    assert subprocess.run(["make", "-q", "setup"], cwd=REPO).returncode == 0

@@ -163,3 +163,25 @@ def test_an_upload_over_the_cap_gets_413_and_nothing_is_kept(tom):
     assert Artifact.objects.count() == 0
     api = tom.post("/api/corpora/", {"file": SimpleUploadedFile("big.txt", b"word " * 300_000)})
     assert api.status_code == 413
+
+
+def test_pages_load_htmx_from_our_own_static_files_only(tom):
+    body = tom.get("/runs/").content.decode()
+    assert '<script src="/static/django_htmx/htmx.min.js' in body or "django_htmx/htmx" in body
+    assert "://" not in "".join(
+        line for line in body.splitlines() if "<script" in line or "stylesheet" in line
+    )
+
+
+def test_the_eta_extrapolates_from_progress_so_far(people):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from training.views import _eta
+
+    run = services.run_create(kind="countdown", config={}, inputs={}, user=people["tom"])
+    assert _eta(run) is None  # queued: no estimate
+    run.status, run.progress = RunStatus.RUNNING, 0.25
+    run.started_at = timezone.now() - timedelta(seconds=60)
+    assert timedelta(seconds=175) <= _eta(run) <= timedelta(seconds=185)
