@@ -66,6 +66,8 @@ CASES: dict[str, Case] = {
         "GET", lambda o: f"/artifacts/{o['corpus'].pk}/", PAGE_VIEW_RUNS
     ),
     "training:corpus-upload": Case("GET", lambda o: "/corpora/upload/", PAGE_VIEW_RUNS),
+    "training:checkpoint-list": Case("GET", lambda o: "/checkpoints/", PAGE_VIEW_RUNS),
+    "training:checkpoint-import": Case("GET", lambda o: "/checkpoints/import/", PAGE_VIEW_RUNS),
     "api-run-list": Case("GET", lambda o: "/api/runs/", API_VIEW_RUNS),
     "api-run-detail": Case("GET", lambda o: f"/api/runs/{o['run'].pk}/", API_VIEW_RUNS),
     "api-run-cancel": Case(

@@ -26,6 +26,18 @@ class CorpusUploadForm(forms.Form):
     )
 
 
+class CheckpointImportForm(forms.Form):
+    folder = forms.ChoiceField(
+        help_text="A Hugging Face model folder (config.json, *.safetensors, tokenizer.json) "
+        "placed in the import folder on the server."
+    )
+    name = forms.CharField(max_length=200, required=False, help_text="Defaults to the folder name.")
+
+    def __init__(self, *args: Any, folders: list[str], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["folder"].choices = [(f, f) for f in folders]
+
+
 def launch_form_class(kind: RunKind) -> type[forms.Form]:
     fields: dict[str, forms.Field] = {}
     for spec in kind.inputs:

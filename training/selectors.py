@@ -7,7 +7,7 @@ from typing import Any
 
 from django.db.models import Count, QuerySet
 
-from training.models import Artifact, Run, RunMetric, RunStatus
+from training.models import Artifact, ArtifactKind, Run, RunMetric, RunRecord, RunStatus
 
 RUN_FILTERS = ("kind", "status")  # the only query parameters a run list accepts
 
@@ -60,3 +60,39 @@ def dashboard_summary(user: Any) -> dict[str, Any]:
         "recent_runs": list(Run.objects.select_related("created_by")[:5]),
         "artifacts": Artifact.objects.count(),
     }
+
+
+def samples_table(run: Run, steps: int = 3) -> dict[str, Any] | None:
+    """Generations from the run's fixed prompts at its latest few sample steps, one row per
+    prompt and one column per step (oldest left), so a person sees the text improve."""
+    records = list(RunRecord.objects.filter(run=run, name="samples").order_by("-step")[:steps])
+    if not records:
+        return None
+    records.reverse()
+    by_prompt: dict[str, list[str]] = {}
+    for column, record in enumerate(records):
+        for sample in record.payload.get("samples", []):
+            texts = by_prompt.setdefault(str(sample.get("prompt", "")), [""] * len(records))
+            texts[column] = str(sample.get("text", ""))
+    return {
+        "steps": [r.step for r in records],
+        "rows": [{"prompt": p, "texts": t} for p, t in by_prompt.items()],
+    }
+
+
+def lineage(artifact: Artifact, max_nodes: int = 50) -> list[Artifact]:
+    """Every ancestor of an artifact, oldest first (corpus → tokenizer → base → ...)."""
+    seen: dict[int, Artifact] = {}
+    frontier = [artifact]
+    while frontier and len(seen) < max_nodes:
+        parents = Artifact.objects.filter(children__in=frontier).exclude(pk__in=seen).distinct()
+        frontier = [p for p in parents if p.pk not in seen]
+        seen.update((p.pk, p) for p in frontier)
+    return sorted(seen.values(), key=lambda a: (a.created_at, a.pk))
+
+
+def checkpoint_list() -> list[tuple[Artifact, list[Artifact]]]:
+    checkpoints = Artifact.objects.filter(kind=ArtifactKind.CHECKPOINT).select_related(
+        "run", "created_by"
+    )
+    return [(c, lineage(c)) for c in checkpoints]

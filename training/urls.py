@@ -14,4 +14,6 @@ urlpatterns = [
     path("artifacts/", views.artifact_list, name="artifact-list"),
     path("artifacts/<int:pk>/", views.artifact_detail, name="artifact-detail"),
     path("corpora/upload/", views.corpus_upload, name="corpus-upload"),
+    path("checkpoints/", views.checkpoint_list, name="checkpoint-list"),
+    path("checkpoints/import/", views.checkpoint_import, name="checkpoint-import"),
 ]

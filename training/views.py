@@ -18,7 +18,13 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from django_htmx.http import HttpResponseStopPolling
 
 from training import selectors, services
-from training.forms import CorpusUploadForm, field_name_for_error, launch_form_class, split_cleaned
+from training.forms import (
+    CheckpointImportForm,
+    CorpusUploadForm,
+    field_name_for_error,
+    launch_form_class,
+    split_cleaned,
+)
 from training.kinds import ConfigInvalid, all_kinds, get_kind
 from training.models import Artifact, ArtifactKind, Run, RunStatus
 from webapp.roles import Capability, role_required
@@ -98,6 +104,7 @@ def run_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "may_act": services.user_may_act_on(request.user, run),
         "outputs": run.outputs.all(),
         "input_artifacts": run.input_artifacts.all(),
+        "samples": selectors.samples_table(run),
     }
     if request.htmx:
         response = render(request, "training/run_detail.html#run-live", context)
@@ -207,3 +214,36 @@ def _upload_too_large(request: HttpRequest) -> HttpResponse:
         [f"The file is larger than the {cap_mb} MB upload limit."]
     )
     return render(request, "training/corpus_upload.html", {"form": form}, status=413)
+
+
+@role_required(Capability.VIEW_RUNS)
+@require_GET
+def checkpoint_list(request: HttpRequest) -> HttpResponse:
+    from training.model_import import import_root
+
+    context = {"checkpoints": selectors.checkpoint_list(), "import_root": import_root()}
+    return render(request, "training/checkpoint_list.html", context)
+
+
+@role_required(Capability.LAUNCH_RUNS)
+@require_http_methods(["GET", "POST"])
+def checkpoint_import(request: HttpRequest) -> HttpResponse:
+    from training import model_import
+
+    folders = model_import.importable_folders()
+    form = CheckpointImportForm(request.POST or None, folders=folders)
+    if request.method == "POST" and form.is_valid():
+        try:
+            artifact = model_import.checkpoint_import(
+                relative=form.cleaned_data["folder"],
+                name=form.cleaned_data["name"],
+                user=request.user,
+            )
+        except model_import.ImportRefused as exc:
+            form.add_error("folder", str(exc))
+        else:
+            messages.success(request, f"Checkpoint #{artifact.pk} registered.")
+            return redirect(artifact)
+    context = {"form": form, "folders": folders, "import_root": model_import.import_root()}
+    status = 400 if request.method == "POST" else 200
+    return render(request, "training/checkpoint_import.html", context, status=status)

@@ -95,6 +95,8 @@ def _generated_secret(path: Path) -> str:
 DEBUG = env_bool("DEBUG", True)
 VAR_DIR = env_path("ORCHARD_VAR_DIR", BASE_DIR / "var")
 ARTIFACTS_ROOT = env_path("ORCHARD_ARTIFACTS", VAR_DIR / "artifacts")
+# Local model folders (for example one downloaded from the Hub) are registered from here only.
+IMPORT_ROOT = env_path("ORCHARD_IMPORT_DIR", VAR_DIR / "import")
 SECRET_KEY = env_secret("SECRET_KEY", debug=DEBUG, fallback_file=VAR_DIR / "secret_key")
 ALLOWED_HOSTS = env_list(
     "ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]", "testserver"] if DEBUG else []

@@ -66,6 +66,8 @@ def run(
         reporter.metrics({"state_mod_97": state % 97}, step)
         if step % cfg.checkpoint_every == 0:
             reporter.record("checkpoint", {"state": state}, step)
+            sample = {"prompt": "state", "text": f"{state} after step {step}"}
+            reporter.record("samples", {"samples": [sample]}, step)
         if step == cfg.fail_at_step:
             raise RuntimeError(f"injected failure at step {step}")
         if step % cfg.checkpoint_every == 0:

@@ -185,3 +185,48 @@ def test_the_eta_extrapolates_from_progress_so_far(people):
     run.status, run.progress = RunStatus.RUNNING, 0.25
     run.started_at = timezone.now() - timedelta(seconds=60)
     assert timedelta(seconds=175) <= _eta(run) <= timedelta(seconds=185)
+
+
+def test_the_run_page_shows_samples_from_the_latest_steps_side_by_side(tom, people):
+    run = services.run_create(
+        kind="countdown",
+        config={"steps": 20, "checkpoint_every": 5, "step_seconds": 0},
+        inputs={},
+        user=people["tom"],
+    )
+    services.run_execute(run_id=run.pk)
+    body = tom.get(f"/runs/{run.pk}/").content.decode()
+    assert "step 10</th><th>step 15</th><th>step 20</th>" in body
+    assert "after step 20" in body and "after step 5<" not in body
+
+
+def test_the_checkpoint_registry_shows_lineage(tom, people):
+    corpus = services.corpus_upload(
+        uploaded=SimpleUploadedFile("c.txt", b"a\n\nb\n"), name="c", user=people["tom"]
+    )
+    parent_dir = services.artifacts_root() / "tmp-tok"
+    parent_dir.mkdir()
+    (parent_dir / "tokenizer.json").write_text("{}")
+    tokenizer = services.artifact_register_dir(
+        source=parent_dir,
+        kind="tokenizer",
+        name="tok",
+        run=None,
+        parents=[corpus],
+        user=people["tom"],
+    )
+    ckpt_dir = services.artifacts_root() / "tmp-ckpt"
+    ckpt_dir.mkdir()
+    (ckpt_dir / "config.json").write_text("{}")
+    checkpoint = services.artifact_register_dir(
+        source=ckpt_dir,
+        kind="checkpoint",
+        name="base",
+        run=None,
+        parents=[tokenizer],
+        user=people["tom"],
+        meta={"stage": "pretrain", "parameters": 1234567},
+    )
+    body = tom.get("/checkpoints/").content.decode()
+    assert f"Corpus #{corpus.pk}</a> → " in body and f"Tokenizer #{tokenizer.pk}</a> → " in body
+    assert f"<strong>#{checkpoint.pk}</strong>" in body and "1,234,567" in body
