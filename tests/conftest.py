@@ -87,3 +87,58 @@ def start_worker(transactional_db: None, tmp_path: Path) -> Iterator[Callable[..
     yield start
     for worker in started:
         worker.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Llama with a real BPE tokenizer, saved as a Hugging Face folder."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from training.core.reporting import RecordingReporter
+    from training.core.tokenizer import TokenizerConfig, run
+
+    folder = tmp_path_factory.mktemp("tiny")
+    corpus = folder / "c.txt"
+    corpus.write_text("\n\n".join(f"document number {i} about apples" for i in range(300)))
+    tok_dir = folder / "tok"
+    run(TokenizerConfig(vocab_size=512), {"corpus": [corpus]}, tok_dir, RecordingReporter())
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=512,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        bos_token_id=0,
+        eos_token_id=3,
+        pad_token_id=1,
+    )
+    model_dir = folder / "model"
+    LlamaForCausalLM(config).save_pretrained(model_dir)
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        (model_dir / name).write_bytes((tok_dir / name).read_bytes())
+    return model_dir
+
+
+@pytest.fixture
+def tiny_checkpoint(tiny_model_dir: Path, people: dict[str, Any]) -> Any:
+    """The tiny model registered as a checkpoint artifact."""
+    import shutil
+
+    from training import services
+
+    staging = services.artifacts_root() / f"staging-{tiny_model_dir.stat().st_ino}"
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(tiny_model_dir, staging)
+    return services.artifact_register_dir(
+        source=staging,
+        kind="checkpoint",
+        name="tiny",
+        run=None,
+        parents=[],
+        user=people["tom"],
+        meta={"stage": "test"},
+    )

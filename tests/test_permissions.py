@@ -68,6 +68,10 @@ CASES: dict[str, Case] = {
     "training:corpus-upload": Case("GET", lambda o: "/corpora/upload/", PAGE_VIEW_RUNS),
     "training:checkpoint-list": Case("GET", lambda o: "/checkpoints/", PAGE_VIEW_RUNS),
     "training:checkpoint-import": Case("GET", lambda o: "/checkpoints/import/", PAGE_VIEW_RUNS),
+    "training:playground": Case("GET", lambda o: "/playground/", EVERYONE),
+    "training:playground-stream": Case(
+        "POST", lambda o: "/playground/stream/", codes(302, 400, 400, 400, 400, 400)
+    ),
     "api-run-list": Case("GET", lambda o: "/api/runs/", API_VIEW_RUNS),
     "api-run-detail": Case("GET", lambda o: f"/api/runs/{o['run'].pk}/", API_VIEW_RUNS),
     "api-run-cancel": Case(

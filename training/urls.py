@@ -1,6 +1,6 @@
 from django.urls import path
 
-from training import views
+from training import playground_views, views
 
 app_name = "training"
 
@@ -16,4 +16,6 @@ urlpatterns = [
     path("corpora/upload/", views.corpus_upload, name="corpus-upload"),
     path("checkpoints/", views.checkpoint_list, name="checkpoint-list"),
     path("checkpoints/import/", views.checkpoint_import, name="checkpoint-import"),
+    path("playground/", playground_views.playground, name="playground"),
+    path("playground/stream/", playground_views.playground_stream, name="playground-stream"),
 ]

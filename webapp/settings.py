@@ -319,6 +319,13 @@ ORCHARD_REQUEUE_QUEUED_AFTER_SECONDS = env_int("ORCHARD_REQUEUE_QUEUED_AFTER_SEC
 # Extra run kinds, as dotted paths to RunKind objects (tests register a deterministic one).
 ORCHARD_EXTRA_RUN_KINDS = env_list("ORCHARD_EXTRA_RUN_KINDS", [])
 
+# --- generation (playground, chat) -------------------------------------------------------------
+
+ORCHARD_ENGINE_CACHE_SIZE = env_int("ORCHARD_ENGINE_CACHE_SIZE", 2)  # models kept loaded
+ORCHARD_MAX_CONCURRENT_GENERATIONS = env_int("ORCHARD_MAX_CONCURRENT_GENERATIONS", 2)
+ORCHARD_GENERATION_RETRY_AFTER_SECONDS = env_int("ORCHARD_GENERATION_RETRY_AFTER_SECONDS", 5)
+ORCHARD_MAX_NEW_TOKENS = env_int("ORCHARD_MAX_NEW_TOKENS", 512)  # server-side cap
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

@@ -21,38 +21,6 @@ def import_root(tmp_path, settings) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
-def tiny_model_dir(
-    tmp_path_factory,
-) -> Path:
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from training.core.reporting import RecordingReporter
-    from training.core.tokenizer import TokenizerConfig, run
-
-    folder = tmp_path_factory.mktemp("tiny")
-    corpus = folder / "c.txt"
-    corpus.write_text("\n\n".join(f"document number {i} about apples" for i in range(300)))
-    tok_dir = folder / "tok"
-    run(TokenizerConfig(vocab_size=512), {"corpus": [corpus]}, tok_dir, RecordingReporter())
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=512,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    )
-    model_dir = folder / "model"
-    LlamaForCausalLM(config).save_pretrained(model_dir)
-    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
-        (model_dir / name).write_bytes((tok_dir / name).read_bytes())
-    return model_dir
-
-
 def place(import_root: Path, source: Path, name: str = "tiny") -> Path:
     import shutil
 

@@ -1,0 +1,127 @@
+"""Serving generations from checkpoints inside the web process, kept out of the request's way.
+
+Models stay loaded in a small LRU cache (one per process). Each generation runs in its own
+thread; the request thread only relays token events from a queue, so a client that disconnects
+makes the relay stop and set the engine's stop flag within one decoding step. A bounded number of
+generations run at once per process; beyond it callers get ``Busy`` with a retry-after hint
+instead of an ever-growing queue.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import asdict, is_dataclass
+from typing import Any
+
+from django.conf import settings
+
+from training.models import Artifact
+
+logger = logging.getLogger(__name__)
+
+
+class Busy(Exception):
+    def __init__(self, retry_after: int) -> None:
+        self.retry_after = retry_after
+        super().__init__(f"all generation slots are busy; retry in {retry_after} s")
+
+
+class EngineCache:
+    """At most ``size`` engines, least recently used evicted first; loads are serialised."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._engines: OrderedDict[tuple[int, str], Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, artifact: Artifact) -> Any:
+        from training.core.generate import Engine
+
+        key = (artifact.pk, artifact.sha256)
+        with self._lock:
+            if key in self._engines:
+                self._engines.move_to_end(key)
+                return self._engines[key]
+            engine = Engine.load(artifact.abspath())
+            self._engines[key] = engine
+            while len(self._engines) > self.size:
+                evicted, _ = self._engines.popitem(last=False)
+                logger.info("engine cache: evicted checkpoint %s", evicted[0])
+            return engine
+
+    def clear(self) -> None:
+        with self._lock:
+            self._engines.clear()
+
+
+_cache: EngineCache | None = None
+_slots: threading.BoundedSemaphore | None = None
+_init_lock = threading.Lock()
+
+
+def engine_cache() -> EngineCache:
+    global _cache
+    with _init_lock:
+        if _cache is None:
+            _cache = EngineCache(settings.ORCHARD_ENGINE_CACHE_SIZE)
+        return _cache
+
+
+def generation_slots() -> threading.BoundedSemaphore:
+    global _slots
+    with _init_lock:
+        if _slots is None:
+            _slots = threading.BoundedSemaphore(settings.ORCHARD_MAX_CONCURRENT_GENERATIONS)
+        return _slots
+
+
+def _plain(value: Any) -> Any:
+    if is_dataclass(value) and not isinstance(value, type):
+        return asdict(value)
+    if hasattr(value, "model_dump"):
+        return value.model_dump()
+    return value
+
+
+def stream_generation(*, artifact: Artifact, prompts: list[str], params: Any) -> Iterator[dict]:
+    """Yield ``{"event": "token"|"done"|"error", ...}`` dicts while a generation runs.
+
+    Raises ``Busy`` before starting when no slot is free. Closing the iterator (the client went
+    away) stops the generation at its next step and frees the slot.
+    """
+    slots = generation_slots()
+    if not slots.acquire(blocking=False):
+        raise Busy(retry_after=settings.ORCHARD_GENERATION_RETRY_AFTER_SECONDS)
+    events: queue.Queue[dict] = queue.Queue()
+    stop = threading.Event()
+
+    def work() -> None:
+        try:
+            engine = engine_cache().get(artifact)
+            completions = engine.generate(
+                prompts,
+                params,
+                on_token=lambda event: events.put({"event": "token", **_plain(event)}),
+                should_stop=stop.is_set,
+            )
+            events.put({"event": "done", "completions": [_plain(c) for c in completions]})
+        except Exception as exc:  # shown to the person; the server keeps serving
+            logger.exception("generation failed for checkpoint %s", artifact.pk)
+            events.put({"event": "error", "message": f"{type(exc).__name__}: {exc}"})
+        finally:
+            slots.release()
+
+    thread = threading.Thread(target=work, name=f"generate-{artifact.pk}", daemon=True)
+    thread.start()
+    try:
+        while True:
+            event = events.get()
+            yield event
+            if event["event"] in ("done", "error"):
+                return
+    finally:
+        stop.set()  # no-op after a normal end; stops the engine when the client disconnected
