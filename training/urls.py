@@ -1,6 +1,6 @@
 from django.urls import path
 
-from training import playground_views, views
+from training import playground_views, tokenizer_views, views
 
 app_name = "training"
 
@@ -17,5 +17,10 @@ urlpatterns = [
     path("checkpoints/", views.checkpoint_list, name="checkpoint-list"),
     path("checkpoints/import/", views.checkpoint_import, name="checkpoint-import"),
     path("playground/", playground_views.playground, name="playground"),
+    path(
+        "tokenizers/playground/",
+        tokenizer_views.tokenizer_playground,
+        name="tokenizer-playground",
+    ),
     path("playground/stream/", playground_views.playground_stream, name="playground-stream"),
 ]

@@ -414,11 +414,11 @@ def _byte_decoder() -> dict[str, int]:
     return {chr(c): b for b, c in zip(byte_values, code_points, strict=True)}
 
 
-def _token_bytes(token: str) -> bytes:
+def token_bytes(token: str) -> bytes:
     return bytes(_byte_decoder()[ch] for ch in token)
 
 
-def _display(raw: bytes) -> str:
+def display_piece(raw: bytes) -> str:
     """A token as text; a token holding part of a multi-byte character shows its bytes."""
     try:
         return raw.decode("utf-8")
@@ -429,13 +429,13 @@ def _display(raw: bytes) -> str:
 def _vocab_stats(tok: PreTrainedTokenizerBase) -> dict[str, Any]:
     """The longest learned tokens and how many tokens have each length (in bytes)."""
     special = set(tok.all_special_tokens)
-    learned = [_token_bytes(t) for t in tok.get_vocab() if t not in special]
+    learned = [token_bytes(t) for t in tok.get_vocab() if t not in special]
     lengths = Counter(min(len(raw), HISTOGRAM_MAX_LENGTH) for raw in learned)
     histogram = {str(n): lengths[n] for n in range(1, HISTOGRAM_MAX_LENGTH)}
     histogram[f"{HISTOGRAM_MAX_LENGTH}+"] = lengths[HISTOGRAM_MAX_LENGTH]
     longest = sorted(learned, key=lambda raw: (-len(raw), raw))[:10]
     return {
-        "longest_tokens": [_display(raw) for raw in longest],
+        "longest_tokens": [display_piece(raw) for raw in longest],
         "token_length_histogram": histogram,
     }
 
@@ -445,7 +445,7 @@ def _pieces(tok: PreTrainedTokenizerBase, ids: list[int]) -> list[list[Any]]:
     special = set(tok.all_special_tokens)
     pieces = []
     for token, token_id in zip(tok.convert_ids_to_tokens(ids), ids, strict=True):
-        pieces.append([token if token in special else _display(_token_bytes(token)), token_id])
+        pieces.append([token if token in special else display_piece(token_bytes(token)), token_id])
     return pieces
 
 
