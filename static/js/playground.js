@@ -28,6 +28,10 @@
       title.appendChild(status);
       const tokens = document.createElement("p");
       tokens.className = "tokens stream";
+      const prompt = document.createElement("span");
+      prompt.className = "prompt";
+      prompt.textContent = form.querySelector("[name=prompt]").value;
+      tokens.appendChild(prompt);
       article.append(title, tokens);
       samples.appendChild(article);
     }
