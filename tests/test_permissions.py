@@ -54,6 +54,7 @@ CASES: dict[str, Case] = {
     "training:run-list": Case("GET", lambda o: "/runs/", PAGE_VIEW_RUNS),
     "training:run-new": Case("GET", lambda o: "/runs/new/", PAGE_VIEW_RUNS),
     "training:run-launch": Case("GET", lambda o: "/runs/new/tokenizer/", PAGE_VIEW_RUNS),
+    "training:run-estimate": Case("GET", lambda o: "/runs/new/pretrain/estimate/", PAGE_VIEW_RUNS),
     "training:run-detail": Case("GET", lambda o: f"/runs/{o['run'].pk}/", PAGE_VIEW_RUNS),
     "training:run-cancel": Case(
         "POST", lambda o: f"/runs/{o['run'].pk}/cancel/", codes(302, 403, 403, 302, 403, 302)

@@ -8,7 +8,7 @@ kind of artifact its output folder becomes. Adding a stage is one entry in ``BUI
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
@@ -46,13 +46,17 @@ class RunKind:
     inputs: tuple[InputSpec, ...] = ()
     output_kind: str | None = None
     result_template: str | None = None  # shown on the run page once it succeeded
-    extra: dict[str, Any] = field(default_factory=dict)
+    # "module:function"(config dict, inputs dict) -> rows of (label, value) for the launch page
+    estimate_path: str | None = None
 
     def config_model(self) -> type[BaseModel]:
         return _load(self.config_path)
 
     def entry(self) -> Callable[..., dict]:
         return _load(self.entry_path)
+
+    def estimate(self) -> Callable[..., list[tuple[str, str]]] | None:
+        return _load(self.estimate_path) if self.estimate_path else None
 
     def validate_config(self, data: Any) -> BaseModel:
         if not isinstance(data, dict):
@@ -90,6 +94,24 @@ BUILTIN_KINDS = (
         inputs=(InputSpec("corpus", ArtifactKind.CORPUS, "Corpus files", many=True),),
         output_kind=ArtifactKind.TOKENIZER,
         result_template="training/results/tokenizer.html",
+    ),
+    RunKind(
+        name="pretrain",
+        label="Pretraining",
+        description=(
+            "Train a Transformer (Llama architecture, saved in Hugging Face format) from scratch "
+            "to predict the next token of a corpus; watch the loss fall and the samples from "
+            "fixed prompts improve."
+        ),
+        config_path="training.core.pretrain:PretrainConfig",
+        entry_path="training.core.pretrain:run",
+        inputs=(
+            InputSpec("corpus", ArtifactKind.CORPUS, "Corpus", many=True),
+            InputSpec("tokenizer", ArtifactKind.TOKENIZER, "Tokenizer"),
+        ),
+        output_kind=ArtifactKind.CHECKPOINT,
+        result_template="training/results/pretrain.html",
+        estimate_path="training.estimates:pretrain_estimate",
     ),
 )
 

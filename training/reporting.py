@@ -143,6 +143,8 @@ class LeaseKeeper(threading.Thread):
         try:
             while not self._stop_event.wait(interval):
                 if not renew_lease(self.run_id, self.owner):
+                    if self._stop_event.is_set():  # the run just finished: nothing was lost
+                        return
                     logger.warning("run %s: lease lost by %s", self.run_id, self.owner)
                     self.lost.set()
                     return

@@ -249,10 +249,16 @@ def _execute_claimed(run: Run, directory: Path, reporter: DbReporter) -> str:
                 run=run,
                 parents=list(run.input_artifacts.all()),
                 user=run.created_by,
-                meta={"config": run.config},
+                meta={"stage": kind.name, "config": run.config, **_scalars(result or {})},
             )
         _finish(run, reporter, RunStatus.SUCCEEDED, result=result or {})
     return "succeeded"
+
+
+def _scalars(result: dict) -> dict:
+    """The plain numbers and strings of a result (parameters, val_loss...), kept on the artifact
+    so lists of checkpoints can show them without opening files."""
+    return {k: v for k, v in result.items() if isinstance(v, (int, float, str, bool))}
 
 
 def _describe(exc: Exception) -> str:

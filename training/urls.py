@@ -8,6 +8,7 @@ urlpatterns = [
     path("runs/", views.run_list, name="run-list"),
     path("runs/new/", views.run_new, name="run-new"),
     path("runs/new/<slug:kind>/", views.run_launch, name="run-launch"),
+    path("runs/new/<slug:kind>/estimate/", views.run_estimate, name="run-estimate"),
     path("runs/<int:pk>/", views.run_detail, name="run-detail"),
     path("runs/<int:pk>/cancel/", views.run_cancel, name="run-cancel"),
     path("runs/<int:pk>/retry/", views.run_retry, name="run-retry"),

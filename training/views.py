@@ -7,6 +7,7 @@ the run ends (the final poll answers 286, which tells htmx to stop).
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
@@ -25,7 +26,7 @@ from training.forms import (
     launch_form_class,
     split_cleaned,
 )
-from training.kinds import ConfigInvalid, all_kinds, get_kind
+from training.kinds import ConfigInvalid, RunKind, all_kinds, get_kind
 from training.models import Artifact, ArtifactKind, Run, RunStatus
 from webapp.roles import Capability, role_required
 
@@ -87,9 +88,44 @@ def run_launch(request: HttpRequest, kind: str) -> HttpResponse:
             messages.success(request, f"Run #{run.pk} queued.")
             return redirect(run)
     status = 400 if request.method == "POST" else 200
-    return render(
-        request, "training/run_launch.html", {"kind": run_kind, "form": form}, status=status
-    )
+    context = {
+        "kind": run_kind,
+        "form": form,
+        "estimate": _estimate(run_kind, request.POST or request.GET, form),
+    }
+    return render(request, "training/run_launch.html", context, status=status)
+
+
+@role_required(Capability.LAUNCH_RUNS)
+@require_GET
+def run_estimate(request: HttpRequest, kind: str) -> HttpResponse:
+    """The launch page's estimate panel, recomputed as the form changes (htmx)."""
+    run_kind = get_kind(kind)
+    if run_kind is None:
+        raise Http404("no such run kind")
+    form = launch_form_class(run_kind)()
+    context = {"kind": run_kind, "estimate": _estimate(run_kind, request.GET, form)}
+    return render(request, "training/run_launch.html#estimate", context)
+
+
+def _estimate(run_kind: RunKind, data: Any, form: Any) -> list[tuple] | None:
+    """Rows of (label, value) from the raw form data, falling back to the form's defaults."""
+    estimate = run_kind.estimate()
+    if estimate is None:
+        return None
+    config = {
+        name.removeprefix("config_"): data.get(name) or field.initial
+        for name, field in form.fields.items()
+        if name.startswith("config_")
+    }
+    inputs = {
+        spec.name: [int(v) for v in data.getlist(f"input_{spec.name}") if str(v).isdigit()]
+        for spec in run_kind.inputs
+    }
+    try:
+        return estimate(config, inputs)
+    except (ValueError, TypeError) as exc:
+        return [("Estimate", f"not available: {exc}")]
 
 
 @role_required(Capability.VIEW_RUNS)
