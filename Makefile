@@ -10,7 +10,7 @@ TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/orchard
 TEST_BROKER_URL ?= redis://127.0.0.1:6379/15
 PYTEST := $(BIN)/python -m pytest
 
-.PHONY: setup run migrate demo-users worker web test test-unit test-services lint stress clean
+.PHONY: setup run migrate demo-users worker web test test-unit test-services lint bench stress clean
 
 # Idempotent: reinstalls only when a requirements file changed.
 setup: $(VENV)/.installed
@@ -54,6 +54,12 @@ test-unit: setup
 test-services: setup
 	DATABASE_URL=$(TEST_DATABASE_URL) CELERY_BROKER_URL=$(TEST_BROKER_URL) \
 		$(PYTEST) -q tests/training tests/integration tests/test_healthz.py
+
+# Speed as ratios against references measured in the same run (see training/core/bench/).
+bench: setup
+	$(BIN)/python -m training.core.bench pretrain
+	$(BIN)/python -m training.core.bench generate
+	$(BIN)/python -m training.core.bench webdata
 
 # Fault trials at full size: kill -9 the worker at random points of TRIALS runs (CI runs 1).
 stress: setup

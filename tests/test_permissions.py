@@ -14,7 +14,7 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import URLPattern, URLResolver, get_resolver
 
-from training import services
+from training import services, uploads
 from training.models import Run, RunStatus
 
 pytestmark = pytest.mark.django_db
@@ -67,6 +67,7 @@ CASES: dict[str, Case] = {
         "GET", lambda o: f"/artifacts/{o['corpus'].pk}/", PAGE_VIEW_RUNS
     ),
     "training:corpus-upload": Case("GET", lambda o: "/corpora/upload/", PAGE_VIEW_RUNS),
+    "training:webdata-upload": Case("GET", lambda o: "/webdata/upload/", PAGE_VIEW_RUNS),
     "training:checkpoint-list": Case("GET", lambda o: "/checkpoints/", PAGE_VIEW_RUNS),
     "training:checkpoint-import": Case("GET", lambda o: "/checkpoints/import/", PAGE_VIEW_RUNS),
     "training:playground": Case("GET", lambda o: "/playground/", EVERYONE),
@@ -121,7 +122,7 @@ def test_every_route_is_classified() -> None:
 def objects(people) -> Callable[[], dict[str, Any]]:
     def make() -> dict[str, Any]:
         tom = people["tom"]
-        corpus = services.corpus_upload(uploaded=corpus_file()["file"], name="c", user=tom)
+        corpus = uploads.corpus_upload(uploaded=corpus_file()["file"], name="c", user=tom)
         run = services.run_create(kind="countdown", config={}, inputs={}, user=tom)
         failed = services.run_create(kind="countdown", config={}, inputs={}, user=tom)
         Run.objects.filter(pk=failed.pk).update(status=RunStatus.FAILED)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
-from training import services
+from training import services, uploads
 from training.models import Artifact, PathOutsideArtifactsRoot, Run, RunStatus
 
 pytestmark = pytest.mark.django_db
@@ -28,7 +28,7 @@ def test_pages_send_a_strict_content_security_policy_and_headers(client_for):
 
 def test_user_and_run_text_is_escaped_everywhere_it_is_shown(client_for, people):
     tom = client_for("tom")
-    corpus = services.corpus_upload(
+    corpus = uploads.corpus_upload(
         uploaded=SimpleUploadedFile("x.txt", f"{PAYLOAD}\n".encode()),
         name=PAYLOAD,
         user=people["tom"],

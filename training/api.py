@@ -13,7 +13,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from training import selectors, services
+from training import selectors, services, uploads
 from training.kinds import ConfigInvalid
 from training.models import Artifact, ArtifactKind, Run, RunStatus
 from webapp.roles import Capability, HasCapability
@@ -208,11 +208,11 @@ class CorpusUploadApi(APIView):
             )
         data.is_valid(raise_exception=True)
         try:
-            artifact = services.corpus_upload(
+            artifact = uploads.corpus_upload(
                 uploaded=data.validated_data["file"],
                 name=data.validated_data["name"],
                 user=request.user,
             )
-        except services.UploadRefused as exc:
+        except uploads.UploadRefused as exc:
             raise ValidationError({"file": [str(exc)]}) from None
         return Response(ArtifactSerializer(artifact).data, status=status.HTTP_201_CREATED)

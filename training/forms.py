@@ -18,12 +18,22 @@ from training.kinds import RunKind
 from training.models import Artifact, ArtifactKind
 
 
-class CorpusUploadForm(forms.Form):
-    name = forms.CharField(max_length=200, required=False, help_text="Defaults to the file name.")
-    file = forms.FileField(
-        help_text=".txt (documents separated by blank lines or "
-        "<|endoftext|>) or .jsonl with a `text` field; .gz accepted."
+class DataUploadForm(forms.Form):
+    file = forms.FileField(required=False)
+    server_file = forms.ChoiceField(
+        required=False, label="Or a file from the server's import folder"
     )
+    name = forms.CharField(max_length=200, required=False, help_text="Defaults to the file name.")
+
+    def __init__(self, *args: Any, importable: list[str], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["server_file"].choices = [("", "---------"), *[(f, f) for f in importable]]
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        if bool(cleaned.get("file")) == bool(cleaned.get("server_file")):
+            raise forms.ValidationError("Choose a file to upload or one from the server, not both.")
+        return cleaned
 
 
 class CheckpointImportForm(forms.Form):

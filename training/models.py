@@ -22,6 +22,7 @@ TERMINAL_STATUSES = frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.
 
 
 class ArtifactKind(models.TextChoices):
+    WEBDATA = "webdata", "Web data"
     CORPUS = "corpus", "Corpus"
     TOKENIZER = "tokenizer", "Tokenizer"
     CHECKPOINT = "checkpoint", "Checkpoint"

@@ -19,13 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
 from django.db.models import F, Q, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from training.core.checkpoints import hash_tree, sha256_file, tree_digest
+from training.core.checkpoints import hash_tree, tree_digest
 from training.core.reporting import Cancelled
 from training.kinds import ConfigInvalid, RunKind, get_kind
 from training.models import Artifact, ArtifactKind, Run, RunStatus
@@ -459,61 +458,3 @@ def artifact_register_dir(
         artifact.path = relative
         artifact.save(update_fields=["path"])
     return artifact
-
-
-CORPUS_SUFFIXES = (".txt", ".jsonl", ".txt.gz", ".jsonl.gz")
-
-
-class UploadRefused(ValueError):
-    pass
-
-
-def corpus_suffix(filename: str) -> str | None:
-    lowered = filename.lower()
-    return next(
-        (s for s in sorted(CORPUS_SUFFIXES, key=len, reverse=True) if lowered.endswith(s)), None
-    )
-
-
-def corpus_upload(*, uploaded: UploadedFile, name: str, user: Any) -> Artifact:
-    """Validate an uploaded corpus (format, encoding, every line) and store it as an artifact.
-
-    Nothing is kept when the file is refused; the error names the line and the problem.
-    """
-    from training.core.corpus import CorpusError, validate_corpus
-
-    suffix = corpus_suffix(uploaded.name or "")
-    if suffix is None:
-        raise UploadRefused(
-            "a corpus must be a .txt or .jsonl file (optionally .gz) with one document per line "
-            "or `text` field"
-        )
-    incoming = artifacts_root() / ".incoming" / uuid.uuid4().hex
-    incoming.mkdir(parents=True)
-    try:
-        target = incoming / f"corpus{suffix}"
-        with open(target, "wb") as fh:
-            for chunk in uploaded.chunks():
-                fh.write(chunk)
-        try:
-            stats = validate_corpus(target)
-        except CorpusError as exc:
-            raise UploadRefused(str(exc)) from None
-        meta = {
-            "original_name": os.path.basename(uploaded.name or "")[:200],
-            "format": stats.format,
-            "documents": stats.documents,
-            "characters": stats.characters,
-            "sha256_file": sha256_file(target),
-        }
-        return artifact_register_dir(
-            source=incoming,
-            kind=ArtifactKind.CORPUS,
-            name=name or meta["original_name"] or "corpus",
-            run=None,
-            parents=[],
-            user=user,
-            meta=meta,
-        )
-    finally:
-        shutil.rmtree(incoming, ignore_errors=True)

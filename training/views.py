@@ -21,7 +21,7 @@ from django_htmx.http import HttpResponseStopPolling
 from training import selectors, services
 from training.forms import (
     CheckpointImportForm,
-    CorpusUploadForm,
+    DataUploadForm,
     field_name_for_error,
     launch_form_class,
     split_cleaned,
@@ -214,42 +214,60 @@ def artifact_detail(request: HttpRequest, pk: int) -> HttpResponse:
     return render(request, "training/artifact_detail.html", context)
 
 
+DATA_FORMATS = {"corpus": "CORPUS", "webdata": "WEBDATA"}
+
+
 @role_required(Capability.LAUNCH_RUNS)
 @require_http_methods(["GET", "POST"])
-def corpus_upload(request: HttpRequest) -> HttpResponse:
-    form = CorpusUploadForm()
+def data_upload(request: HttpRequest, fmt: str) -> HttpResponse:
+    """Upload a text corpus or raw web data, or take a file from the server's import folder."""
+    from training import uploads
+
+    data_format = getattr(uploads, DATA_FORMATS[fmt])
+    importable = uploads.importable_files(data_format)
+    form = DataUploadForm(importable=importable)
     status = 200
     if request.method == "POST":
         files = request.FILES  # parses the body; the upload handler flags an oversized file
         if getattr(request, "upload_too_large", False):
-            return _upload_too_large(request)
-        form = CorpusUploadForm(request.POST, files)
+            return _upload_too_large(request, fmt, data_format, importable)
+        form = DataUploadForm(request.POST, files, importable=importable)
         if form.is_valid():
             try:
-                artifact = services.corpus_upload(
-                    uploaded=form.cleaned_data["file"],
-                    name=form.cleaned_data["name"],
-                    user=request.user,
-                )
-            except services.UploadRefused as exc:
+                artifact = _store(uploads, data_format, form.cleaned_data, request.user)
+            except uploads.UploadRefused as exc:
                 form.add_error("file", str(exc))
             else:
-                messages.success(request, f"Corpus #{artifact.pk} uploaded.")
+                messages.success(request, f"{artifact.get_kind_display()} #{artifact.pk} stored.")
                 return redirect(artifact)
         status = 400
-    return render(request, "training/corpus_upload.html", {"form": form}, status=status)
+    context = {"form": form, "fmt": fmt, "format": data_format}
+    return render(request, "training/data_upload.html", context, status=status)
 
 
-def _upload_too_large(request: HttpRequest) -> HttpResponse:
+def _store(uploads: Any, data_format: Any, cleaned: dict[str, Any], user: Any) -> Artifact:
+    if cleaned.get("file"):
+        return uploads.upload(
+            fmt=data_format, uploaded=cleaned["file"], name=cleaned["name"], user=user
+        )
+    return uploads.import_file(
+        fmt=data_format, relative=cleaned["server_file"], name=cleaned["name"], user=user
+    )
+
+
+def _upload_too_large(
+    request: HttpRequest, fmt: str, data_format: Any, importable: list[str]
+) -> HttpResponse:
     from webapp.uploads import upload_cap_bytes
 
     cap_mb = upload_cap_bytes() // (1024 * 1024)
-    form = CorpusUploadForm(data={"name": request.POST.get("name", "")})
+    form = DataUploadForm(data={"name": request.POST.get("name", "")}, importable=importable)
     form.full_clean()
     form.errors["file"] = form.error_class(
         [f"The file is larger than the {cap_mb} MB upload limit."]
     )
-    return render(request, "training/corpus_upload.html", {"form": form}, status=413)
+    context = {"form": form, "fmt": fmt, "format": data_format}
+    return render(request, "training/data_upload.html", context, status=413)
 
 
 @role_required(Capability.VIEW_RUNS)

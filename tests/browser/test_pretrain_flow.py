@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
-from training import services
+from training import services, uploads
 from training.models import Artifact
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration, pytest.mark.django_db(transaction=True)]
@@ -21,7 +21,7 @@ def test_a_trainer_pretrains_and_samples_from_the_browser(
     shakespeare_slice,
 ):
     page, problems = browser_page
-    corpus = services.corpus_upload(
+    corpus = uploads.corpus_upload(
         uploaded=SimpleUploadedFile("s.txt", shakespeare_slice(100_000).read_bytes()),
         name="shakespeare",
         user=people["tom"],

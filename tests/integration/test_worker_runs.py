@@ -10,7 +10,7 @@ from django.test import Client
 
 from tests.support.countdown import expected_state
 from tests.support.workers import wait_for
-from training import services
+from training import services, uploads
 from training.models import Artifact, Run, RunStatus
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
@@ -26,7 +26,7 @@ def test_a_tokenizer_run_succeeds_in_a_worker(start_worker, people, shakespeare_
 
     start_worker("tok")
     path = shakespeare_slice(150_000)
-    corpus = services.corpus_upload(
+    corpus = uploads.corpus_upload(
         uploaded=SimpleUploadedFile("shakespeare.txt", path.read_bytes()),
         name="",
         user=people["tom"],

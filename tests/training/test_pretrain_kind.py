@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
-from training import services
+from training import services, uploads
 from training.models import Artifact, Run, RunRecord
 
 pytestmark = pytest.mark.django_db
@@ -13,7 +13,7 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def corpus_and_tokenizer(people, shakespeare_slice):
-    corpus = services.corpus_upload(
+    corpus = uploads.corpus_upload(
         uploaded=SimpleUploadedFile("s.txt", shakespeare_slice(120_000).read_bytes()),
         name="shakespeare",
         user=people["tom"],

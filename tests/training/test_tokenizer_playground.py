@@ -7,7 +7,7 @@ import shutil
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
-from training import services
+from training import services, uploads
 
 pytestmark = pytest.mark.django_db
 
@@ -42,7 +42,7 @@ def test_it_shows_tokens_ids_and_characters(client_for, tokenizer):
 
 
 def test_two_tokenizers_side_by_side_and_a_corpus_sample(client_for, tokenizer, people):
-    corpus = services.corpus_upload(
+    corpus = uploads.corpus_upload(
         uploaded=SimpleUploadedFile("c.txt", b"document number 1 about apples\n\nmore apples\n"),
         name="c",
         user=people["tom"],

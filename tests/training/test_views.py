@@ -9,7 +9,7 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import override_settings
 
-from training import services
+from training import services, uploads
 from training.models import Artifact, Run, RunStatus
 
 pytestmark = pytest.mark.django_db
@@ -92,7 +92,7 @@ def test_the_launch_form_shows_field_errors_and_queues_nothing(tom):
 
 
 def test_the_launch_form_maps_pydantic_errors_onto_fields(tom, people):
-    corpus = services.corpus_upload(
+    corpus = uploads.corpus_upload(
         uploaded=SimpleUploadedFile("c.txt", b"a\n\nb\n"), name="c", user=people["tom"]
     )
     response = tom.post(
@@ -111,7 +111,7 @@ def test_the_launch_form_maps_pydantic_errors_onto_fields(tom, people):
 def test_the_launch_form_queues_a_run_with_defaults(
     tom, people, django_capture_on_commit_callbacks
 ):
-    corpus = services.corpus_upload(
+    corpus = uploads.corpus_upload(
         uploaded=SimpleUploadedFile("c.txt", b"a\n\nb\n"), name="c", user=people["tom"]
     )
     form_page = tom.get(f"/runs/new/tokenizer/?input_corpus={corpus.pk}").content.decode()
@@ -201,7 +201,7 @@ def test_the_run_page_shows_samples_from_the_latest_steps_side_by_side(tom, peop
 
 
 def test_the_checkpoint_registry_shows_lineage(tom, people):
-    corpus = services.corpus_upload(
+    corpus = uploads.corpus_upload(
         uploaded=SimpleUploadedFile("c.txt", b"a\n\nb\n"), name="c", user=people["tom"]
     )
     parent_dir = services.artifacts_root() / "tmp-tok"

@@ -13,6 +13,7 @@ import sys
 BENCHMARKS = {
     "pretrain": "training.core.bench.pretrain",
     "generate": "training.core.bench.generate",
+    "webdata": "training.core.bench.webdata",
 }
 
 
