@@ -68,6 +68,18 @@ CASES: dict[str, Case] = {
     ),
     "training:corpus-upload": Case("GET", lambda o: "/corpora/upload/", PAGE_VIEW_RUNS),
     "training:webdata-upload": Case("GET", lambda o: "/webdata/upload/", PAGE_VIEW_RUNS),
+    "training:blocklist-upload": Case("GET", lambda o: "/blocklists/upload/", PAGE_VIEW_RUNS),
+    # An uploaded text corpus has no pipeline run to inspect: 404 once the role may look.
+    "training:corpus-inspector": Case(
+        "GET",
+        lambda o: f"/artifacts/{o['corpus'].pk}/inspect/",
+        codes(302, 403, 404, 404, 404, 404),
+    ),
+    "training:corpus-document": Case(
+        "GET",
+        lambda o: f"/artifacts/{o['corpus'].pk}/inspect/document/?id=x",
+        codes(302, 403, 404, 404, 404, 404),
+    ),
     "training:checkpoint-list": Case("GET", lambda o: "/checkpoints/", PAGE_VIEW_RUNS),
     "training:checkpoint-import": Case("GET", lambda o: "/checkpoints/import/", PAGE_VIEW_RUNS),
     "training:playground": Case("GET", lambda o: "/playground/", EVERYONE),

@@ -82,6 +82,29 @@ def _load(path: str) -> Any:
 
 BUILTIN_KINDS = (
     RunKind(
+        name="corpus",
+        label="Corpus (web data pipeline)",
+        description=(
+            "Filter raw web pages into a clean pretraining corpus as FineWeb does: URL filter, "
+            "text extraction, language ID, repetition and quality filters, exact and MinHash "
+            "dedup, PII removal. Every dropped page keeps the stage and the reason."
+        ),
+        config_path="training.core.pipeline.run:CorpusConfig",
+        entry_path="training.core.pipeline.run:run",
+        inputs=(
+            InputSpec("sources", ArtifactKind.WEBDATA, "Web data", many=True),
+            InputSpec(
+                "url_blocklists",
+                ArtifactKind.BLOCKLIST,
+                "Extra domain blocklists",
+                many=True,
+                required=False,
+            ),
+        ),
+        output_kind=ArtifactKind.CORPUS,
+        result_template="training/results/corpus.html",
+    ),
+    RunKind(
         name="tokenizer",
         label="Tokenizer",
         description=(

@@ -23,6 +23,7 @@ TERMINAL_STATUSES = frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.
 
 class ArtifactKind(models.TextChoices):
     WEBDATA = "webdata", "Web data"
+    BLOCKLIST = "blocklist", "URL blocklist"
     CORPUS = "corpus", "Corpus"
     TOKENIZER = "tokenizer", "Tokenizer"
     CHECKPOINT = "checkpoint", "Checkpoint"
@@ -178,6 +179,29 @@ class RunRecord(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name}@{self.step}"
+
+
+class SpotCheck(models.Model):
+    """A reviewer's judgement of one keep/drop decision of a corpus run: right or wrong."""
+
+    corpus = models.ForeignKey(Artifact, on_delete=models.CASCADE, related_name="spot_checks")
+    document_id = models.CharField(max_length=500)
+    stage = models.CharField(max_length=64)  # the stage that dropped it, or "kept"
+    decision = models.CharField(max_length=8, choices=[("keep", "keep"), ("drop", "drop")])
+    correct = models.BooleanField()
+    note = models.CharField(max_length=500, blank=True)
+    reviewer = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["corpus", "document_id", "reviewer"], name="one_check_per_reviewer"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.document_id}: {self.decision} {'right' if self.correct else 'wrong'}"
 
 
 class WorkerHeartbeat(models.Model):

@@ -27,7 +27,7 @@ from django.utils import timezone
 from training.core.checkpoints import hash_tree, tree_digest
 from training.core.reporting import Cancelled
 from training.kinds import ConfigInvalid, RunKind, get_kind
-from training.models import Artifact, ArtifactKind, Run, RunStatus
+from training.models import Artifact, Run, RunStatus
 from training.reporting import DbReporter, LeaseKeeper, lease_seconds
 from webapp.roles import Capability, user_can
 
@@ -312,11 +312,12 @@ def _input_paths(run: Run, kind: RunKind) -> dict[str, list[Path]]:
 
 
 def _artifact_file(artifact: Artifact) -> Path:
-    """A single-file artifact is addressed by its file, a folder artifact by its folder."""
+    """A stored data file (an upload) is addressed by the file itself; anything else (a corpus
+    version, a tokenizer, a checkpoint) by its folder."""
     path = artifact.abspath()
-    files = [p for p in path.iterdir() if p.is_file()] if path.is_dir() else []
-    if artifact.kind == ArtifactKind.CORPUS and len(files) == 1:
-        return files[0]
+    entries = list(path.iterdir()) if path.is_dir() else []
+    if len(entries) == 1 and entries[0].is_file():
+        return entries[0]
     return path
 
 

@@ -70,12 +70,6 @@ CORPUS = DataFormat(
 )
 
 
-def _webdata_suffixes() -> tuple[str, ...]:
-    from training.core.pipeline.sources import FORMATS
-
-    return tuple(FORMATS)
-
-
 WEBDATA = DataFormat(
     kind=ArtifactKind.WEBDATA,
     suffixes=(
@@ -96,6 +90,31 @@ WEBDATA = DataFormat(
     validate=_validate_webdata,
     describe="WARC/WET (.warc, .warc.gz), HTML pages (.html or a .zip of them), JSONL with "
     "`text` (and optional `url`) or plain text",
+)
+
+
+def _validate_blocklist(path: Path) -> dict[str, Any]:
+    entries = 0
+    with open(path, "rb") as fh:
+        for number, raw in enumerate(fh, start=1):
+            try:
+                line = raw.decode("utf-8").strip()
+            except UnicodeDecodeError:
+                raise UploadRefused(f"line {number}: not UTF-8 text") from None
+            if line and not line.startswith("#"):
+                if any(ch.isspace() for ch in line) or "/" in line:
+                    raise UploadRefused(f"line {number}: expected one domain name, got {line!r}")
+                entries += 1
+    if not entries:
+        raise UploadRefused("the list holds no domains")
+    return {"format": "domains", "documents": entries}
+
+
+BLOCKLIST = DataFormat(
+    kind=ArtifactKind.BLOCKLIST,
+    suffixes=(".txt",),
+    validate=_validate_blocklist,
+    describe="a .txt file with one domain per line (# starts a comment)",
 )
 
 

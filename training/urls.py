@@ -1,6 +1,6 @@
 from django.urls import path
 
-from training import playground_views, tokenizer_views, views
+from training import inspector_views, playground_views, tokenizer_views, views
 
 app_name = "training"
 
@@ -16,6 +16,13 @@ urlpatterns = [
     path("artifacts/<int:pk>/", views.artifact_detail, name="artifact-detail"),
     path("corpora/upload/", views.data_upload, {"fmt": "corpus"}, name="corpus-upload"),
     path("webdata/upload/", views.data_upload, {"fmt": "webdata"}, name="webdata-upload"),
+    path("blocklists/upload/", views.data_upload, {"fmt": "blocklist"}, name="blocklist-upload"),
+    path("artifacts/<int:pk>/inspect/", inspector_views.corpus_inspector, name="corpus-inspector"),
+    path(
+        "artifacts/<int:pk>/inspect/document/",
+        inspector_views.corpus_document,
+        name="corpus-document",
+    ),
     path("checkpoints/", views.checkpoint_list, name="checkpoint-list"),
     path("checkpoints/import/", views.checkpoint_import, name="checkpoint-import"),
     path("playground/", playground_views.playground, name="playground"),

@@ -214,7 +214,7 @@ def artifact_detail(request: HttpRequest, pk: int) -> HttpResponse:
     return render(request, "training/artifact_detail.html", context)
 
 
-DATA_FORMATS = {"corpus": "CORPUS", "webdata": "WEBDATA"}
+DATA_FORMATS = {"corpus": "CORPUS", "webdata": "WEBDATA", "blocklist": "BLOCKLIST"}
 
 
 @role_required(Capability.LAUNCH_RUNS)

@@ -44,8 +44,10 @@ def user_can(user: Any, capability: str) -> bool:
     return capability in ROLE_CAPABILITIES.get(getattr(user, "role", ""), frozenset())
 
 
-def role_required(capability: str) -> Callable:
-    """View decorator: anonymous users go to the login page, others without it get 403."""
+def role_required(capability: str, *alternatives: str) -> Callable:
+    """View decorator: anonymous users go to the login page; others need ``capability`` (or any
+    of ``alternatives``) and get 403 without it."""
+    accepted = (capability, *alternatives)
 
     def decorator(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
         @wraps(view)
@@ -54,7 +56,7 @@ def role_required(capability: str) -> Callable:
                 from django.contrib.auth.views import redirect_to_login
 
                 return redirect_to_login(request.get_full_path())
-            if not user_can(request.user, capability):
+            if not any(user_can(request.user, c) for c in accepted):
                 raise PermissionDenied(f"Your role may not {Capability(capability).label}.")
             return view(request, *args, **kwargs)
 
