@@ -142,3 +142,26 @@ def tiny_checkpoint(tiny_model_dir: Path, people: dict[str, Any]) -> Any:
         user=people["tom"],
         meta={"stage": "test"},
     )
+
+
+@pytest.fixture
+def corpus_and_tokenizer(people: dict[str, Any], shakespeare_slice: Callable[..., Path]) -> Any:
+    """A Shakespeare corpus (100 kB) and a 512-token tokenizer trained on it, as artifacts."""
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    from training import services, uploads
+    from training.models import Artifact
+
+    corpus = uploads.corpus_upload(
+        uploaded=SimpleUploadedFile("s.txt", shakespeare_slice(100_000).read_bytes()),
+        name="shakespeare",
+        user=people["tom"],
+    )
+    run = services.run_create(
+        kind="tokenizer",
+        config={"vocab_size": 512},
+        inputs={"corpus": [corpus.pk]},
+        user=people["tom"],
+    )
+    assert services.run_execute(run_id=run.pk) == "succeeded"
+    return corpus, Artifact.objects.get(run=run)

@@ -5,10 +5,6 @@ the playground with tokens streamed in and their probabilities on hover."""
 from __future__ import annotations
 
 import pytest
-from django.core.files.uploadedfile import SimpleUploadedFile
-
-from training import services, uploads
-from training.models import Artifact
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -18,22 +14,10 @@ def test_a_trainer_pretrains_and_samples_from_the_browser(
     live_server,
     people,
     start_worker,
-    shakespeare_slice,
+    corpus_and_tokenizer,
 ):
     page, problems = browser_page
-    corpus = uploads.corpus_upload(
-        uploaded=SimpleUploadedFile("s.txt", shakespeare_slice(100_000).read_bytes()),
-        name="shakespeare",
-        user=people["tom"],
-    )
-    tokenizer_run = services.run_create(
-        kind="tokenizer",
-        config={"vocab_size": 512},
-        inputs={"corpus": [corpus.pk]},
-        user=people["tom"],
-    )
-    services.run_execute(run_id=tokenizer_run.pk)
-    tokenizer = Artifact.objects.get(run=tokenizer_run)
+    corpus, tokenizer = corpus_and_tokenizer
     start_worker("pretrain-browser")
 
     page.goto(f"{live_server.url}/login/")

@@ -3,29 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from django.core.files.uploadedfile import SimpleUploadedFile
 
-from training import services, uploads
+from training import services
 from training.models import Artifact, Run, RunRecord
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def corpus_and_tokenizer(people, shakespeare_slice):
-    corpus = uploads.corpus_upload(
-        uploaded=SimpleUploadedFile("s.txt", shakespeare_slice(120_000).read_bytes()),
-        name="shakespeare",
-        user=people["tom"],
-    )
-    run = services.run_create(
-        kind="tokenizer",
-        config={"vocab_size": 512},
-        inputs={"corpus": [corpus.pk]},
-        user=people["tom"],
-    )
-    assert services.run_execute(run_id=run.pk) == "succeeded"
-    return corpus, Artifact.objects.get(run=run)
 
 
 def test_the_launch_page_estimates_size_compute_and_memory(client_for, corpus_and_tokenizer):

@@ -22,6 +22,8 @@ from typing import Any
 # and is imported only once the stage is chosen, so ``--help`` does not load torch or transformers.
 STAGES: dict[str, tuple[str, str]] = {
     "tokenizer": ("training.core.tokenizer", "TokenizerConfig"),
+    "corpus": ("training.core.pipeline.run", "CorpusConfig"),
+    "pretrain": ("training.core.pretrain", "PretrainConfig"),
 }
 
 
@@ -69,7 +71,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from pydantic import ValidationError
 
-    from training.core.corpus import CorpusError
     from training.core.reporting import ConsoleReporter
 
     config_cls, run = load_stage(args.stage)
@@ -85,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         result = run(cfg, inputs, args.out, ConsoleReporter())
-    except CorpusError as exc:
+    except ValueError as exc:  # a refusal of the input (CorpusError is one): say why, no traceback
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(result, ensure_ascii=False))
