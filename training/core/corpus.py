@@ -7,6 +7,8 @@ Supported files, chosen by name:
   otherwise documents are separated by one or more blank lines.
 - ``.jsonl``: one JSON object per line with a string ``text`` field; blank lines are skipped.
 - either of the above compressed with gzip (``.txt.gz``, ``.jsonl.gz``).
+- a corpus version: the folder the ``corpus`` stage writes (see :mod:`training.core.pipeline.run`).
+  Its documents are the ``text`` fields of ``shards/kept-*.jsonl.gz``, shards in name order.
 
 Plain-text documents lose their surrounding line breaks; JSONL texts are kept exactly. Empty or
 whitespace-only documents are dropped.
@@ -27,10 +29,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 END_OF_TEXT = "<|endoftext|>"
 SUPPORTED_SUFFIXES = (".txt", ".jsonl", ".txt.gz", ".jsonl.gz")
+CORPUS_VERSION_FORMAT = "corpus"
+SHARD_GLOB = "shards/kept-*.jsonl.gz"
 MAX_LINE_BYTES = 16 * 1024 * 1024
 MAX_DOCUMENT_CHARS = 16 * 1024 * 1024
 _CHUNK_BYTES = 1024 * 1024
@@ -55,13 +59,32 @@ class CorpusStats:
 
 
 def corpus_format(path: Path) -> str:
-    """``"txt"``, ``"jsonl"``, ``"txt.gz"`` or ``"jsonl.gz"``; CorpusError for anything else."""
+    """``"txt"``, ``"jsonl"``, ``"txt.gz"``, ``"jsonl.gz"`` or ``"corpus"`` (a corpus-version
+    folder); CorpusError for anything else."""
+    if path.is_dir():
+        if not (path / "shards").is_dir():
+            raise CorpusError(
+                f"{path.name}: a folder, but not a corpus version (it has no shards/ folder)"
+            )
+        return CORPUS_VERSION_FORMAT
     name = path.name.lower()
     for suffix in sorted(SUPPORTED_SUFFIXES, key=len, reverse=True):
         if name.endswith(suffix):
             return suffix[1:]
     supported = ", ".join(SUPPORTED_SUFFIXES)
     raise CorpusError(f"{path.name}: unsupported corpus file type (expected one of {supported})")
+
+
+def corpus_shards(path: Path) -> list[Path]:
+    """The files holding a corpus's documents: the file itself, or a corpus version's shards."""
+    if corpus_format(path) == CORPUS_VERSION_FORMAT:
+        return sorted(path.glob(SHARD_GLOB))
+    return [path]
+
+
+def stored_size(path: Path) -> int:
+    """Bytes of the corpus as stored (all shards of a corpus version): the progress total."""
+    return sum(shard.stat().st_size for shard in corpus_shards(path))
 
 
 def iter_documents(path: Path) -> Iterator[str]:
@@ -73,8 +96,8 @@ def iter_documents(path: Path) -> Iterator[str]:
 def iter_documents_with_offsets(path: Path) -> Iterator[tuple[str, int]]:
     """Like :func:`iter_documents`, with the bytes of the file (as stored) consumed so far.
 
-    The offset lets callers report progress against the file size, which is known up front even
-    for compressed files.
+    The offset lets callers report progress against the file size (:func:`stored_size`), which
+    is known up front even for compressed files and corpus versions.
     """
     sink = _ErrorSink(path, limit=1)
     yield from _documents(path, sink)
@@ -126,8 +149,16 @@ class _ErrorSink:
         raise CorpusError(f"{self.path.name}: {len(self.problems)} problems{more}: {listed}")
 
 
+def iter_json_records(path: Path) -> Iterator[tuple[int, dict[str, Any], int]]:
+    """``(line number, record, stored offset)`` for each record of a ``.jsonl``/``.jsonl.gz`` file
+    with a non-blank string ``text``; CorpusError at the first bad line, as for documents."""
+    yield from _jsonl_records(path, _ErrorSink(path, limit=1))
+
+
 def _documents(path: Path, sink: _ErrorSink) -> Iterator[tuple[str, int]]:
     fmt = corpus_format(path)
+    if fmt == CORPUS_VERSION_FORMAT:
+        return _corpus_version_documents(path, sink)
     if fmt.startswith("jsonl"):
         return _jsonl_documents(path, sink)
     if _contains_marker(path):
@@ -200,7 +231,22 @@ def _skip_rest_of_line(stream: BinaryIO) -> int:
     return skipped
 
 
+def _corpus_version_documents(path: Path, sink: _ErrorSink) -> Iterator[tuple[str, int]]:
+    """The kept documents of every shard; offsets run on across shards."""
+    done = 0
+    for shard in corpus_shards(path):
+        sink.path = shard  # errors name the shard
+        for text, offset in _jsonl_documents(shard, sink):
+            yield text, done + offset
+        done += shard.stat().st_size
+
+
 def _jsonl_documents(path: Path, sink: _ErrorSink) -> Iterator[tuple[str, int]]:
+    for _lineno, record, offset in _jsonl_records(path, sink):
+        yield record["text"], offset
+
+
+def _jsonl_records(path: Path, sink: _ErrorSink) -> Iterator[tuple[int, dict[str, Any], int]]:
     for lineno, line, offset in _lines(path, sink):
         if not line.strip():
             continue
@@ -220,7 +266,7 @@ def _jsonl_documents(path: Path, sink: _ErrorSink) -> Iterator[tuple[str, int]]:
             sink.report(lineno, f'"text" must be a string, got {type(text).__name__}')
             continue
         if text.strip():
-            yield text, offset
+            yield lineno, record, offset
 
 
 def _marker_documents(path: Path, sink: _ErrorSink) -> Iterator[tuple[str, int]]:

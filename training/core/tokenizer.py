@@ -44,7 +44,12 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from training.core.corpus import CorpusError, corpus_format, iter_documents_with_offsets
+from training.core.corpus import (
+    CorpusError,
+    corpus_format,
+    iter_documents_with_offsets,
+    stored_size,
+)
 from training.core.reporting import Cancelled, Reporter
 
 if TYPE_CHECKING:  # transformers takes seconds to import: only inside run(), never for the config
@@ -245,8 +250,8 @@ def _corpus_paths(inputs: dict[str, list[Path]]) -> list[Path]:
         raise CorpusError('the tokenizer needs at least one corpus file as input "corpus"')
     for path in paths:
         corpus_format(path)  # refuse unsupported files before spending time on the others
-        if not path.is_file():
-            raise CorpusError(f"corpus file not found: {path}")
+        if not path.exists():
+            raise CorpusError(f"corpus not found: {path}")
     return paths
 
 
@@ -263,7 +268,7 @@ class _DocumentFeed:
         self.paths = paths
         self.reporter = reporter
         self.interval = interval
-        sizes = sum(p.stat().st_size for p in paths)
+        sizes = sum(stored_size(p) for p in paths)
         self.budget_bytes = budget_bytes
         self.total_bytes = min(sizes, budget_bytes) if budget_bytes else sizes
         self.bytes_done = 0
@@ -300,7 +305,7 @@ class _DocumentFeed:
                     yield text
                 if self.budget_bytes and self.bytes_done >= self.budget_bytes:
                     return
-            self.bytes_done = done_before + path.stat().st_size
+            self.bytes_done = done_before + stored_size(path)
 
     def _tick(self) -> None:
         """Report progress and honour a cancel at most every ``interval`` seconds."""
