@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from tests.support.data import SHARED_DATA
+
 if TYPE_CHECKING:
     from django.test import Client
 
-SHARED_DATA = Path(
-    os.environ.get("ORCHARD_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data"
-)
 
 # Two people for every role that owns objects, so "another user's object" can be tested.
 # (Django is imported inside fixtures so that tests/core runs without it.)

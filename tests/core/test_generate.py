@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from typing import Any, NamedTuple
 import pytest
 from pydantic import ValidationError
 
+from tests.support.data import SHARED_DATA
 from training.core.generate import (
     Completion,
     Engine,
@@ -29,9 +29,6 @@ from training.core.generate import (
 from training.core.reporting import RecordingReporter
 from training.core.tokenizer import TokenizerConfig, run
 
-SHARED_DATA = Path(
-    os.environ.get("ORCHARD_SHARED_DATA") or Path(__file__).resolve().parents[3] / "shared" / "data"
-)
 SHAKESPEARE = SHARED_DATA / "pretrain" / "tinyshakespeare.txt"
 REPO = Path(__file__).resolve().parents[2]
 WINDOW = 128

@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 import pytest
 from pydantic import ValidationError
 
+from tests.support.data import SHARED_DATA
 from training.core.checkpoints import COMPLETE, list_complete
 from training.core.corpus import CorpusError
 from training.core.pretrain import PretrainConfig, learning_rate_at, run
@@ -24,9 +25,6 @@ from training.core.tokenizer import TokenizerConfig
 from training.core.tokenizer import run as train_tokenizer
 
 REPO = Path(__file__).resolve().parents[2]
-SHARED_DATA = Path(
-    os.environ.get("ORCHARD_SHARED_DATA") or Path(__file__).resolve().parents[3] / "shared" / "data"
-)
 SHAKESPEARE = SHARED_DATA / "pretrain" / "tinyshakespeare.txt"
 VOCAB = 768
 TOKENIZER_MAX_LENGTH = 128

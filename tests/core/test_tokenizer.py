@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import pytest
 from pydantic import ValidationError
 
+from tests.support.data import SHARED_DATA
 from training.core.reporting import Cancelled, RecordingReporter
 from training.core.tokenizer import (
     CHAT_TEMPLATE,
@@ -20,9 +20,6 @@ from training.core.tokenizer import (
 )
 
 # The shared data folder next to the repository (the same override as tests/conftest.py).
-SHARED_DATA = Path(
-    os.environ.get("ORCHARD_SHARED_DATA") or Path(__file__).resolve().parents[3] / "shared" / "data"
-)
 SHAKESPEARE = SHARED_DATA / "pretrain" / "tinyshakespeare.txt"
 VOCAB = 1024
 RESERVED = 3

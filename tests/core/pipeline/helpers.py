@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -12,10 +11,9 @@ from pathlib import Path
 from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
 
-# The shared data folder next to the repository (the same override as tests/conftest.py).
-SHARED = Path(
-    os.environ.get("ORCHARD_SHARED_DATA") or Path(__file__).resolve().parents[4] / "shared" / "data"
-)
+from tests.support.data import SHARED_DATA
+
+SHARED = SHARED_DATA
 WARC_DIR = SHARED / "web" / "warc"
 URL_LISTS = SHARED / "url_filter"
 
