@@ -15,6 +15,7 @@ import time
 from collections import deque
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from django.conf import settings
 from django.db import close_old_connections, connection
@@ -25,6 +26,18 @@ from training.models import Run, RunMetric, RunRecord, RunStatus
 logger = logging.getLogger(__name__)
 
 LOG_TAIL_LINES = 200
+
+
+def without_nul(value: Any) -> Any:
+    """``value`` with NUL characters replaced: PostgreSQL refuses them in text and JSON, and a
+    model sampling raw bytes (or a scraped page) produces them."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, dict):
+        return {without_nul(k): without_nul(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [without_nul(v) for v in value]
+    return value
 
 
 def lease_seconds() -> int:
@@ -64,7 +77,7 @@ class DbReporter:
         if total:
             fields["progress"] = max(0.0, min(1.0, step / total))
         if message:
-            fields["message"] = message[:200]
+            fields["message"] = without_nul(message[:200])
         self._pending_fields.update(fields)
         self._maybe_flush()
 
@@ -76,7 +89,7 @@ class DbReporter:
         self._maybe_flush()
 
     def log(self, line: str) -> None:
-        stamped = f"{timezone.now():%H:%M:%S} {line}"
+        stamped = without_nul(f"{timezone.now():%H:%M:%S} {line}")
         self._log_file.write(stamped + "\n")
         self._log_file.flush()
         self._tail.append(stamped)
@@ -85,7 +98,7 @@ class DbReporter:
 
     def record(self, name: str, payload: dict, step: int) -> None:
         self._pending_records.append(
-            RunRecord(run_id=self.run_id, step=step, name=name[:64], payload=payload)
+            RunRecord(run_id=self.run_id, step=step, name=name[:64], payload=without_nul(payload))
         )
         self._maybe_flush()
 

@@ -28,7 +28,7 @@ from training.core.checkpoints import hash_tree, tree_digest
 from training.core.reporting import Cancelled
 from training.kinds import ConfigInvalid, RunKind, get_kind
 from training.models import Artifact, Run, RunStatus
-from training.reporting import DbReporter, LeaseKeeper, lease_seconds
+from training.reporting import DbReporter, LeaseKeeper, lease_seconds, without_nul
 from webapp.roles import Capability, user_can
 
 logger = logging.getLogger(__name__)
@@ -286,12 +286,12 @@ def _finish(
         "status": status,
         "finished_at": timezone.now(),
         "lease_expires_at": None,
-        "error": error,
-        "traceback": tb[-TRACEBACK_TAIL_CHARS:],
+        "error": without_nul(error),
+        "traceback": without_nul(tb[-TRACEBACK_TAIL_CHARS:]),
         "message": status,
     }
     if result is not None:
-        fields["result"] = result
+        fields["result"] = without_nul(result)
     if status == RunStatus.SUCCEEDED:
         fields["progress"] = 1.0
     updated = Run.objects.filter(

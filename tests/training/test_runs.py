@@ -245,3 +245,18 @@ def test_a_launch_while_the_broker_is_down_keeps_the_run_for_the_sweeper(people,
     assert services.run_enqueue(run_id=run.pk) is False
     run.refresh_from_db()
     assert run.status == RunStatus.QUEUED
+
+
+def test_nul_characters_from_a_stage_never_reach_the_database(people):
+    """PostgreSQL refuses NUL in text and JSON; a model sampling raw bytes produces them."""
+    run = launch(people["tom"])
+    services.run_claim(run_id=run.pk, owner="w")
+    reporter = services.DbReporter(run.pk, "w", log_path=services.run_dir(run) / "x.log")
+    reporter.log("bad\x00line")
+    reporter.record("samples", {"samples": [{"prompt": "p\x00", "text": "t\x00"}]}, 1)
+    reporter.progress(1, 2, "phase\x00")
+    reporter.flush()
+    run.refresh_from_db()
+    record = RunRecord.objects.get(run=run)
+    assert "\x00" not in run.log_tail and "\x00" not in run.message
+    assert record.payload == {"samples": [{"prompt": "p\ufffd", "text": "t\ufffd"}]}
