@@ -75,6 +75,11 @@ CASES: dict[str, Case] = {
         lambda o: f"/artifacts/{o['corpus'].pk}/inspect/",
         codes(302, 403, 404, 404, 404, 404),
     ),
+    "training:corpus-count-tokens": Case(
+        "POST",
+        lambda o: f"/artifacts/{o['corpus'].pk}/inspect/tokens/",
+        codes(302, 403, 404, 404, 404, 404),
+    ),
     "training:corpus-document": Case(
         "GET",
         lambda o: f"/artifacts/{o['corpus'].pk}/inspect/document/?id=x",

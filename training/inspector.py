@@ -20,6 +20,8 @@ from django.db.models import Count, Q
 from training.models import Artifact, SpotCheck
 
 SCAN_LIMIT = 200_000
+# Counting runs inside the request: bigger corpora would hold it for too long.
+MAX_CHARACTERS_TO_COUNT = 200_000_000
 RAW_HTML_CHARS = 200_000
 FOLDERS = {"kept": "shards", "dropped": "dropped"}
 
@@ -116,3 +118,35 @@ def precision_by_stage(artifact: Artifact) -> list[dict[str, Any]]:
     return [
         {**c, "precision": c["correct"] / c["checked"] if c["checked"] else None} for c in counts
     ]
+
+
+class TooLargeToCount(Exception):
+    pass
+
+
+def count_tokens(corpus: Artifact, tokenizer: Artifact) -> int:
+    """Exact token count of a corpus version's kept documents, cached in its meta (the corpus
+    and the tokenizer are immutable, so the count never goes stale)."""
+    from training.core.token_view import count_tokens as count
+    from training.core.token_view import load_tokenizer
+
+    key = str(tokenizer.pk)
+    cached = corpus.meta.get("tokens", {}).get(key)
+    if cached is not None:
+        return int(cached["tokens"])
+    characters = int(corpus_stats(corpus).get("characters") or 0)
+    if characters > MAX_CHARACTERS_TO_COUNT:
+        raise TooLargeToCount(
+            f"{characters:,} characters is too many to count here; a pretraining run on this "
+            "corpus reports its exact token count"
+        )
+    texts = (str(row.get("text") or "") for row in _rows(corpus.abspath() / "shards"))
+    tokens = count(load_tokenizer(tokenizer.abspath()), texts)
+    counts = {**corpus.meta.get("tokens", {}), key: {"tokens": tokens, "name": tokenizer.name}}
+    corpus.meta = {**corpus.meta, "tokens": counts}
+    corpus.save(update_fields=["meta"])
+    return tokens
+
+
+def token_counts(corpus: Artifact) -> list[dict[str, Any]]:
+    return [{"tokenizer": int(pk), **value} for pk, value in corpus.meta.get("tokens", {}).items()]

@@ -9,7 +9,7 @@ from django.contrib import messages
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
-from django.views.decorators.http import require_http_methods
+from django.views.decorators.http import require_http_methods, require_POST
 
 from training import inspector
 from training.models import Artifact, ArtifactKind, SpotCheck
@@ -77,6 +77,8 @@ def corpus_inspector(request: HttpRequest, pk: int) -> HttpResponse:
         "page": page,
         "more": more,
         "precision": inspector.precision_by_stage(artifact),
+        "token_counts": inspector.token_counts(artifact),
+        "tokenizers": Artifact.objects.filter(kind=ArtifactKind.TOKENIZER),
     }
     return render(request, "training/corpus_inspector.html", context)
 
@@ -136,3 +138,20 @@ def corpus_document(request: HttpRequest, pk: int) -> HttpResponse:
         context,
         status=400 if request.method == "POST" else 200,
     )
+
+
+@role_required(Capability.VIEW_RUNS, Capability.REVIEW)
+@require_POST
+def corpus_count_tokens(request: HttpRequest, pk: int) -> HttpResponse:
+    """Count the corpus version's tokens with a chosen tokenizer; kept with the corpus."""
+    artifact = _corpus_version(pk)
+    tokenizer = get_object_or_404(
+        Artifact, pk=request.POST.get("tokenizer") or 0, kind=ArtifactKind.TOKENIZER
+    )
+    try:
+        count = inspector.count_tokens(artifact, tokenizer)
+    except inspector.TooLargeToCount as exc:
+        messages.warning(request, str(exc))
+    else:
+        messages.success(request, f"{count:,} tokens with {tokenizer.name}.")
+    return redirect(reverse("training:corpus-inspector", args=[pk]))

@@ -19,6 +19,11 @@ urlpatterns = [
     path("blocklists/upload/", views.data_upload, {"fmt": "blocklist"}, name="blocklist-upload"),
     path("artifacts/<int:pk>/inspect/", inspector_views.corpus_inspector, name="corpus-inspector"),
     path(
+        "artifacts/<int:pk>/inspect/tokens/",
+        inspector_views.corpus_count_tokens,
+        name="corpus-count-tokens",
+    ),
+    path(
         "artifacts/<int:pk>/inspect/document/",
         inspector_views.corpus_document,
         name="corpus-document",

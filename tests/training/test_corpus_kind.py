@@ -128,3 +128,30 @@ def test_a_blocklist_is_uploaded_and_used_by_a_corpus_run(client_for, people):
     run.refresh_from_db()
     url_row = next(r for r in run.result["funnel"] if r["stage"] == "url_filter")
     assert url_row["dropped"] > 0
+
+
+def test_tokens_are_counted_once_a_tokenizer_is_chosen(client_for, people, corpus_version):
+    from training.core.token_view import load_tokenizer
+
+    run = services.run_create(
+        kind="tokenizer",
+        config={"vocab_size": 512},
+        inputs={"corpus": [corpus_version.pk]},
+        user=people["tom"],
+    )
+    services.run_execute(run_id=run.pk)
+    tokenizer = Artifact.objects.get(run=run)
+    response = client_for("tom").post(
+        f"/artifacts/{corpus_version.pk}/inspect/tokens/", {"tokenizer": tokenizer.pk}, follow=True
+    )
+    corpus_version.refresh_from_db()
+    counted = corpus_version.meta["tokens"][str(tokenizer.pk)]["tokens"]
+    kept = client_for("tom").get(f"/artifacts/{corpus_version.pk}/inspect/?view=kept")
+    texts = [row["text"] for row in kept.context["rows"]]
+    expected = sum(
+        len(load_tokenizer(tokenizer.abspath()).encode(t, add_special_tokens=False).ids)
+        for t in texts
+    )
+    assert not kept.context["more"]  # every kept document is on this first page
+    assert counted == expected
+    assert f"{counted:,} tokens with" in response.content.decode()
