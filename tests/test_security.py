@@ -76,7 +76,7 @@ def test_the_session_cookie_is_httponly_and_samesite(client, people):
 
 
 def test_no_code_loads_pickles_or_remote_code():
-    """Model files are untrusted: no bare torch.load, pickle.load or trust_remote_code=True."""
+    """Model files are untrusted: no bare torch.load, no pickle.load, never remote model code."""
     import re
     from pathlib import Path
 
