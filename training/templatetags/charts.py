@@ -70,3 +70,30 @@ def bar_chart(title: str, counts: dict[str, int] | list[tuple[str, int]]) -> dic
 def visible_whitespace(piece: str) -> str:
     """Token pieces as people can see them: a newline is drawn as ↵ and a tab as →."""
     return piece.replace("\n", "↵").replace("\t", "→")
+
+
+@register.inclusion_tag("training/_funnel_chart.html")
+def funnel_chart(title: str, counts: list[tuple[str, int]]) -> dict[str, Any]:
+    """Horizontal bars, one per stage, labelled on the left: a funnel reads top to bottom."""
+    row_height, label_width, width = 22, 150, WIDTH
+    peak = max((c for _, c in counts), default=0) or 1
+    bar_space = width - label_width - 60
+    rows = [
+        {
+            "label": label,
+            "count": count,
+            "y": i * row_height + 4,
+            "w": max(1.0, bar_space * count / peak),
+            "text_y": i * row_height + 17,
+            "count_x": label_width + max(1.0, bar_space * count / peak) + 6,
+        }
+        for i, (label, count) in enumerate(counts)
+    ]
+    return {
+        "title": title,
+        "rows": rows,
+        "width": width,
+        "label_width": label_width,
+        "height": len(rows) * row_height + 8,
+        "label_x": label_width - 6,
+    }
