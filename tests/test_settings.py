@@ -34,6 +34,19 @@ def manage(*args: str, **env: str) -> subprocess.CompletedProcess:
     )
 
 
+def python_output(code: str, env: dict[str, str]) -> list[str]:
+    """What a fresh interpreter with these settings prints, split into words."""
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout.split()
+
+
 def test_production_settings_pass_the_deploy_check(tmp_path):
     result = manage(
         "check",
@@ -99,15 +112,7 @@ def test_defaults_are_sqlite_in_wal_mode_and_the_filesystem_broker(tmp_path):
     )
     env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "CELERY_BROKER_URL"}}
     env.update(DJANGO_SETTINGS_MODULE="webapp.settings", ORCHARD_VAR_DIR=str(tmp_path))
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    ).stdout.split()
+    out = python_output(code, env)
     assert out == [
         "django.db.backends.sqlite3",
         "wal",
@@ -129,15 +134,7 @@ def test_database_and_broker_urls_select_postgres_and_redis():
         DATABASE_URL="postgres://u:p@db.internal:5432/orchard",
         CELERY_BROKER_URL="redis://cache.internal:6379/0",
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    ).stdout.split()
+    out = python_output(code, env)
     assert out == ["django.db.backends.postgresql", "orchard", "redis://cache.internal:6379/0"]
 
 

@@ -307,11 +307,11 @@ def _input_paths(run: Run, kind: RunKind) -> dict[str, list[Path]]:
     for spec in kind.inputs:
         ids = run.inputs.get(spec.name, [])
         by_id = {a.pk: a for a in Artifact.objects.filter(pk__in=ids)}
-        paths[spec.name] = [_artifact_file(by_id[i]) for i in ids]
+        paths[spec.name] = [artifact_input_path(by_id[i]) for i in ids]
     return paths
 
 
-def _artifact_file(artifact: Artifact) -> Path:
+def artifact_input_path(artifact: Artifact) -> Path:
     """A stored data file (an upload) is addressed by the file itself; anything else (a corpus
     version, a tokenizer, a checkpoint) by its folder."""
     path = artifact.abspath()

@@ -58,11 +58,11 @@ def _tokenizer(pk: int, sha256: str) -> Any:
 def _corpus_stats(tokenizer_key: tuple[int, str], corpus_key: tuple[int, str]) -> Any:
     from training.core.corpus import iter_documents
     from training.core.token_view import text_stats
-    from training.services import _artifact_file
+    from training.services import artifact_input_path
 
     corpus = Artifact.objects.get(pk=corpus_key[0])
     sample, size = [], 0
-    for document in islice(iter_documents(_artifact_file(corpus)), 10_000):
+    for document in islice(iter_documents(artifact_input_path(corpus)), 10_000):
         sample.append(document)
         size += len(document.encode("utf-8"))
         if size >= CORPUS_SAMPLE_BYTES:

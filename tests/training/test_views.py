@@ -200,29 +200,26 @@ def test_the_run_page_shows_samples_from_the_latest_steps_side_by_side(tom, peop
     assert "after step 20" in body and "after step 5<" not in body
 
 
+def folder_artifact(file_name: str, *, kind: str, parents: list, user, meta=None):
+    """An artifact folder holding one empty JSON file, registered with its parents."""
+    folder = services.artifacts_root() / f"tmp-{kind}"
+    folder.mkdir()
+    (folder / file_name).write_text("{}")
+    return services.artifact_register_dir(
+        source=folder, kind=kind, name=kind, run=None, parents=parents, user=user, meta=meta
+    )
+
+
 def test_the_checkpoint_registry_shows_lineage(tom, people):
     corpus = uploads.corpus_upload(
         uploaded=SimpleUploadedFile("c.txt", b"a\n\nb\n"), name="c", user=people["tom"]
     )
-    parent_dir = services.artifacts_root() / "tmp-tok"
-    parent_dir.mkdir()
-    (parent_dir / "tokenizer.json").write_text("{}")
-    tokenizer = services.artifact_register_dir(
-        source=parent_dir,
-        kind="tokenizer",
-        name="tok",
-        run=None,
-        parents=[corpus],
-        user=people["tom"],
+    tokenizer = folder_artifact(
+        "tokenizer.json", kind="tokenizer", parents=[corpus], user=people["tom"]
     )
-    ckpt_dir = services.artifacts_root() / "tmp-ckpt"
-    ckpt_dir.mkdir()
-    (ckpt_dir / "config.json").write_text("{}")
-    checkpoint = services.artifact_register_dir(
-        source=ckpt_dir,
+    checkpoint = folder_artifact(
+        "config.json",
         kind="checkpoint",
-        name="base",
-        run=None,
         parents=[tokenizer],
         user=people["tom"],
         meta={"stage": "pretrain", "parameters": 1234567},
