@@ -25,13 +25,24 @@ class Capability(models.TextChoices):
     VIEW_RUNS = "view_runs", "see runs, metrics and artifacts"
     LAUNCH_RUNS = "launch_runs", "launch, cancel and retry runs; upload data"
     CHAT = "chat", "chat with checkpoints"
+    MANAGE_PROJECTS = (
+        "manage_projects",
+        "set up labeling projects, seed and import conversations, export datasets",
+    )
     MANAGE_ALL = "manage_all", "act on anyone's runs and data"
 
 
 ROLE_CAPABILITIES: dict[str, frozenset[str]] = {
     Role.LABELER: frozenset({Capability.LABEL, Capability.CHAT}),
     Role.REVIEWER: frozenset({Capability.LABEL, Capability.REVIEW, Capability.CHAT}),
-    Role.TRAINER: frozenset({Capability.VIEW_RUNS, Capability.LAUNCH_RUNS, Capability.CHAT}),
+    Role.TRAINER: frozenset(
+        {
+            Capability.VIEW_RUNS,
+            Capability.LAUNCH_RUNS,
+            Capability.CHAT,
+            Capability.MANAGE_PROJECTS,
+        }
+    ),
     Role.ADMIN: frozenset(Capability.values),
 }
 
@@ -66,15 +77,17 @@ def role_required(capability: str, *alternatives: str) -> Callable:
     return decorator
 
 
-def HasCapability(capability: str) -> type:  # noqa: N802 (used like a class)
-    """DRF permission class requiring ``capability``."""
+def HasCapability(capability: str, *alternatives: str) -> type:  # noqa: N802 (used like a class)
+    """DRF permission class requiring ``capability`` (or any of ``alternatives``)."""
     from rest_framework.permissions import BasePermission
+
+    accepted = (capability, *alternatives)
 
     class _HasCapability(BasePermission):
         message = f"Your role may not {Capability(capability).label}."
 
         def has_permission(self, request: Any, view: Any) -> bool:
-            return user_can(request.user, capability)
+            return any(user_can(request.user, c) for c in accepted)
 
     _HasCapability.__name__ = f"Has_{capability}"
     return _HasCapability

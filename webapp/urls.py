@@ -14,5 +14,7 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerSplitView.as_view(url_name="api-schema"), name="api-docs"),
     path("api/", include("training.api_urls")),
+    path("api/labeling/", include("labeling.api_urls")),
+    path("labeling/", include("labeling.urls")),
     path("", include("training.urls")),
 ]

@@ -84,3 +84,76 @@ def count_tokens(tokenizer: Tokenizer, texts: Iterable[str], batch_size: int = 5
     while batch := list(islice(iterator, batch_size)):
         total += sum(len(e.ids) for e in tokenizer.encode_batch(batch, add_special_tokens=False))
     return total
+
+
+# --- conversations as the model sees them ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChatSegment:
+    text: str
+    role: str
+    trained: bool  # inside the assistant's {% generation %} span: the tokens SFT learns
+
+
+def chat_segments(messages: list[dict]) -> list[ChatSegment]:
+    """The ChatML text of ``messages``, cut where the loss mask changes.
+
+    Mirrors ``tokenizer.CHAT_TEMPLATE`` (a test checks that the joined text and the trained spans
+    equal what transformers renders and masks), so the labeling editor can show it on every
+    keystroke without importing transformers.
+    """
+    import json
+
+    segments: list[ChatSegment] = []
+    for message in messages:
+        role = str(message.get("role", ""))
+        segments.append(ChatSegment(f"<|im_start|>{role}\n", role, False))
+        content = message.get("content") or ""
+        if role == "assistant":
+            calls = "".join(
+                "<|tool_call|>"
+                # transformers' own tojson filter: key order kept, non-ASCII kept
+                + json.dumps({"name": fn["name"], "arguments": fn["arguments"]}, ensure_ascii=False)
+                + "<|/tool_call|>"
+                for fn in (c.get("function", c) for c in message.get("tool_calls") or [])
+            )
+            segments.append(ChatSegment(f"{content}{calls}<|im_end|>", role, True))
+        elif role == "tool":
+            segments.append(
+                ChatSegment(f"<|tool_result|>{content}<|/tool_result|><|im_end|>", role, False)
+            )
+        else:
+            segments.append(ChatSegment(f"{content}<|im_end|>", role, False))
+        segments.append(ChatSegment("\n", role, False))
+    return segments
+
+
+@dataclass(frozen=True)
+class ChatPiece:
+    piece: Piece
+    role: str
+    trained: bool
+
+
+def chat_pieces(tokenizer: Tokenizer, messages: list[dict]) -> list[ChatPiece]:
+    """Every token of the rendered conversation with its turn's role and whether it is trained.
+
+    A token belongs to the segment its first character falls in, as in transformers' assistant
+    mask (characters → tokens through the offsets).
+    """
+    segments = chat_segments(messages)
+    text = "".join(s.text for s in segments)
+    bounds: list[tuple[int, ChatSegment]] = []
+    position = 0
+    for segment in segments:
+        bounds.append((position, segment))
+        position += len(segment.text)
+    result: list[ChatPiece] = []
+    index = 0
+    for piece in pieces(tokenizer, text):
+        while index + 1 < len(bounds) and bounds[index + 1][0] <= piece.start:
+            index += 1
+        segment = bounds[index][1]
+        result.append(ChatPiece(piece, segment.role, segment.trained))
+    return result

@@ -1,0 +1,298 @@
+// The conversation editor, on top of a form that already works without JavaScript.
+// Adds: turn add/move/delete in place, shortcuts, character counts, Markdown preview, the live
+// ChatML view, model drafts, autosave every few seconds and on leaving, and a copy of the text in
+// localStorage so that a crash or an expired session never loses what was typed.
+// Text is only ever put in the page with .value/.textContent; HTML from the server (preview,
+// ChatML view) is rendered and sanitised there.
+(function () {
+  "use strict";
+  const form = document.getElementById("editor");
+  if (!form || form.dataset.editable !== "1") return;
+
+  const AUTOSAVE_MS = 4000;
+  const turnsBox = document.getElementById("turns");
+  const template = document.getElementById("turn-template");
+  const versionInput = form.querySelector("input[name=version]");
+  const saveState = document.getElementById("save-state");
+  const chatml = document.getElementById("chatml");
+  const storageKey = form.dataset.storageKey;
+  const csrf = form.querySelector("input[name=csrfmiddlewaretoken]").value;
+  let dirty = false;
+  let saving = false;
+  let chatmlTimer = null;
+
+  // --- reading and writing the turns ------------------------------------------------------
+  function turnNodes() {
+    return Array.from(turnsBox.querySelectorAll("fieldset.turn"));
+  }
+
+  function readTurns() {
+    return turnNodes().map((node) => {
+      const turn = {
+        role: node.querySelector("[name=role]").value,
+        content: node.querySelector("[name=content]").value,
+      };
+      const draft = node.querySelector("[name=draft]").value;
+      if (draft) {
+        try { turn.draft = JSON.parse(draft); } catch (e) { /* provenance only */ }
+      }
+      return turn;
+    });
+  }
+
+  function newTurnNode(turn) {
+    const node = template.content.firstElementChild.cloneNode(true);
+    node.querySelector("[name=role]").value = turn.role;
+    node.querySelector("[name=content]").value = turn.content || "";
+    node.querySelector("[name=draft]").value = turn.draft ? JSON.stringify(turn.draft) : "";
+    const badge = node.querySelector(".badge");
+    if (badge && !turn.draft) badge.remove();
+    if (turn.draft && !badge) {
+      const mark = document.createElement("span");
+      mark.className = "badge";
+      mark.textContent = "model draft";
+      node.querySelector(".counts").after(mark);
+    }
+    return node;
+  }
+
+  function writeTurns(turns) {
+    turnsBox.replaceChildren(...turns.map(newTurnNode));
+    renumber();
+  }
+
+  function renumber() {
+    turnNodes().forEach((node, index) => {
+      node.className = `turn turn-${node.querySelector("[name=role]").value}`;
+      node.querySelectorAll("button[name=action]").forEach((button) => {
+        button.value = button.value.replace(/:\d+$/, `:${index}`);
+      });
+      const text = node.querySelector("[name=content]").value;
+      node.querySelector("[data-counts]").textContent = `${text.length} characters`;
+    });
+    document.getElementById("no-turns").hidden = turnNodes().length > 0;
+  }
+
+  // --- change tracking, the browser copy and autosave ----------------------------------------
+  function snapshot() {
+    return { version: Number(versionInput.value), turns: readTurns(), at: Date.now() };
+  }
+
+  function changed() {
+    dirty = true;
+    renumber();
+    try {
+      localStorage.setItem(storageKey, JSON.stringify({ ...snapshot(), dirty: true }));
+    } catch (e) { /* storage full or disabled: autosave still runs */ }
+    setState("Unsaved changes");
+    clearTimeout(chatmlTimer);
+    chatmlTimer = setTimeout(refreshChatml, 400);
+  }
+
+  function setState(text) {
+    saveState.textContent = text;
+  }
+
+  async function autosave() {
+    if (!dirty || saving) return;
+    saving = true;
+    const sent = snapshot();
+    try {
+      const response = await fetch(form.dataset.autosaveUrl, {
+        method: "POST",
+        headers: { "Content-Type": "application/json", "X-CSRFToken": csrf },
+        body: JSON.stringify({ version: sent.version, turns: sent.turns }),
+        credentials: "same-origin",
+        redirect: "manual",
+      });
+      if (response.ok) {
+        const body = await response.json();
+        versionInput.value = body.version;
+        document.getElementById("version-label").textContent = body.version;
+        if (JSON.stringify(readTurns()) === JSON.stringify(sent.turns)) {
+          dirty = false;
+          localStorage.setItem(storageKey, JSON.stringify({ ...snapshot(), dirty: false }));
+          setState(`Saved at ${new Date().toLocaleTimeString()}`);
+        }
+      } else if (response.status === 409) {
+        showConflict(await response.json());
+      } else if (response.type === "opaqueredirect" || response.status === 403 || response.status === 401) {
+        setState("Your session expired. Log in again in another tab: your text is kept in this browser and will be restored here.");
+      } else {
+        const body = await response.json().catch(() => ({}));
+        setState(`Not saved: ${body.error || response.statusText}. Your text is kept in this browser.`);
+      }
+    } catch (e) {
+      setState("Offline? Not saved yet; your text is kept in this browser.");
+    } finally {
+      saving = false;
+    }
+  }
+
+  function saveOnLeave() {
+    if (!dirty) return;
+    const body = new FormData();
+    body.append("csrfmiddlewaretoken", csrf);
+    body.append("payload", JSON.stringify({ version: Number(versionInput.value), turns: readTurns() }));
+    navigator.sendBeacon(form.dataset.autosaveUrl, body);
+  }
+
+  // --- restore after a crash / expired session, and conflicts ---------------------------------
+  function offerRestore() {
+    let stored = null;
+    try { stored = JSON.parse(localStorage.getItem(storageKey) || "null"); } catch (e) { return; }
+    if (!stored || !stored.dirty || !Array.isArray(stored.turns)) return;
+    if (JSON.stringify(stored.turns) === JSON.stringify(readTurns())) return;
+    const banner = document.getElementById("restore-banner");
+    document.getElementById("restore-text").textContent =
+      `This browser holds text you typed at ${new Date(stored.at).toLocaleString()} that was never saved.`;
+    banner.hidden = false;
+    document.getElementById("restore-yes").addEventListener("click", () => {
+      writeTurns(stored.turns);
+      // The copy was typed against stored.version: a newer server version means a conflict,
+      // which autosave reports instead of overwriting.
+      versionInput.value = stored.version;
+      banner.hidden = true;
+      changed();
+      autosave();
+    });
+    document.getElementById("restore-no").addEventListener("click", () => {
+      localStorage.removeItem(storageKey);
+      banner.hidden = true;
+    });
+  }
+
+  function showConflict(body) {
+    const banner = document.getElementById("conflict-banner");
+    document.getElementById("conflict-text").textContent = body.error;
+    banner.hidden = false;
+    setState("Not saved: the conversation changed elsewhere.");
+    document.getElementById("conflict-mine").onclick = () => {
+      versionInput.value = body.version;
+      banner.hidden = true;
+      dirty = true;
+      autosave();
+    };
+    document.getElementById("conflict-theirs").onclick = () => {
+      writeTurns(body.turns);
+      versionInput.value = body.version;
+      document.getElementById("version-label").textContent = body.version;
+      banner.hidden = true;
+      dirty = false;
+      localStorage.removeItem(storageKey);
+      refreshChatml();
+    };
+  }
+
+  // --- server-rendered helpers: ChatML view, Markdown preview, drafts -------------------------
+  function turnsForm() {
+    const body = new FormData();
+    body.append("csrfmiddlewaretoken", csrf);
+    readTurns().forEach((turn) => {
+      body.append("role", turn.role);
+      body.append("content", turn.content);
+      body.append("draft", turn.draft ? JSON.stringify(turn.draft) : "");
+    });
+    return body;
+  }
+
+  async function refreshChatml() {
+    const response = await fetch(form.dataset.chatmlUrl, { method: "POST", body: turnsForm() });
+    if (response.ok) chatml.innerHTML = await response.text(); // escaped by Django templates
+  }
+
+  async function togglePreview(node) {
+    const box = node.querySelector(".preview");
+    if (!box.hidden) { box.hidden = true; return; }
+    const body = new FormData();
+    body.append("csrfmiddlewaretoken", csrf);
+    body.append("text", node.querySelector("[name=content]").value);
+    const response = await fetch(form.dataset.previewUrl, { method: "POST", body });
+    box.innerHTML = response.ok ? await response.text() : ""; // sanitised by nh3 on the server
+    box.hidden = false;
+  }
+
+  async function draftReply() {
+    const button = document.getElementById("draft-button");
+    if (!button) return;
+    button.disabled = true;
+    setState("The model is drafting a reply…");
+    try {
+      const response = await fetch(form.dataset.draftUrl, { method: "POST", body: turnsForm() });
+      const body = await response.json();
+      if (!response.ok) { setState(body.error); return; }
+      const node = newTurnNode({ role: "assistant", content: body.text, draft: body.draft });
+      turnsBox.appendChild(node);
+      changed();
+      node.querySelector("textarea").focus();
+      setState("Draft added: edit it until it is right.");
+    } finally {
+      button.disabled = false;
+    }
+  }
+
+  // --- layout actions and shortcuts ----------------------------------------------------------
+  function currentTurn() {
+    return document.activeElement && document.activeElement.closest("fieldset.turn");
+  }
+
+  function move(node, direction) {
+    if (!node) return;
+    const sibling = direction === "up" ? node.previousElementSibling : node.nextElementSibling;
+    if (!sibling) return;
+    if (direction === "up") turnsBox.insertBefore(node, sibling);
+    else turnsBox.insertBefore(sibling, node);
+    changed();
+  }
+
+  function addTurn(role) {
+    const node = newTurnNode({ role, content: "" });
+    turnsBox.appendChild(node);
+    changed();
+    node.querySelector("textarea").focus();
+  }
+
+  form.addEventListener("click", (event) => {
+    const button = event.target.closest("button");
+    if (!button) return;
+    const node = button.closest("fieldset.turn");
+    if (button.dataset.add) { event.preventDefault(); addTurn(button.dataset.add); }
+    else if (button.dataset.move) { event.preventDefault(); move(node, button.dataset.move); }
+    else if (button.hasAttribute("data-delete")) {
+      event.preventDefault();
+      if (node.querySelector("textarea").value.trim() && !confirm("Delete this turn and its text?")) return;
+      node.remove();
+      changed();
+    } else if (button.hasAttribute("data-preview")) { event.preventDefault(); togglePreview(node); }
+    else if (button.id === "draft-button") { event.preventDefault(); draftReply(); }
+  });
+
+  form.addEventListener("input", changed);
+  form.addEventListener("change", changed);
+  form.addEventListener("submit", () => {
+    // The server re-renders anything it refuses; the browser copy stays until a save succeeds.
+    dirty = false;
+  });
+
+  document.addEventListener("keydown", (event) => {
+    const key = event.key;
+    if ((event.ctrlKey || event.metaKey) && key === "s") { event.preventDefault(); dirty = true; autosave(); }
+    else if ((event.ctrlKey || event.metaKey) && key === "Enter") { event.preventDefault(); document.getElementById("submit-button").click(); }
+    else if (event.altKey && event.shiftKey && ["U", "A", "T", "R"].includes(key.toUpperCase())) {
+      event.preventDefault();
+      addTurn({ U: "user", A: "assistant", T: "tool_call", R: "tool" }[key.toUpperCase()]);
+    } else if (event.altKey && (key === "ArrowUp" || key === "ArrowDown")) {
+      event.preventDefault();
+      const node = currentTurn();
+      move(node, key === "ArrowUp" ? "up" : "down");
+      if (node) node.querySelector("textarea").focus();
+    } else if (event.altKey && key.toLowerCase() === "p") { event.preventDefault(); if (currentTurn()) togglePreview(currentTurn()); }
+    else if (event.altKey && key.toLowerCase() === "d") { event.preventDefault(); draftReply(); }
+  });
+
+  document.addEventListener("visibilitychange", () => { if (document.visibilityState === "hidden") saveOnLeave(); });
+  window.addEventListener("pagehide", saveOnLeave);
+  setInterval(autosave, AUTOSAVE_MS);
+  renumber();
+  offerRestore();
+})();
