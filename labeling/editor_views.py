@@ -171,6 +171,8 @@ def _editor_context(
 def conversation_autosave(request: HttpRequest, pk: int) -> HttpResponse:
     """JSON in, JSON out: ``{"version": n}``; 409 with the server's copy when someone else saved."""
     conversation = _conversation(request, pk)
+    if not services.may_edit(request.user, conversation):
+        return JsonResponse({"error": "Only the author may edit this conversation."}, status=403)
     try:
         body = _autosave_body(request)
         messages = turns_to_messages(body["turns"])

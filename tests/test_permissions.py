@@ -6,6 +6,7 @@ test, so no page or endpoint ships without a decision about who may use it.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -109,6 +110,163 @@ CASES: dict[str, Case] = {
         "POST", lambda o: "/api/corpora/", codes(401, 403, 403, 201, 201, 201), corpus_file
     ),
 }
+LABELING_ANY = codes(302, 200, 200, 200, 200, 200)
+LABELING_MANAGE = codes(302, 403, 403, 200, 200, 200)
+LABELING_LABEL = codes(302, 200, 200, 403, 403, 200)
+API_LABELING_ANY = codes(401, 200, 200, 200, 200, 200)
+API_LABELING_MANAGE = codes(401, 403, 403, 200, 200, 200)
+
+
+def conversations_file() -> dict:
+    messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
+    line = json.dumps({"messages": messages}).encode()
+    return {"file": SimpleUploadedFile("c.jsonl", line)}
+
+
+CASES.update(
+    {
+        "labeling:project-list": Case("GET", lambda o: "/labeling/", LABELING_ANY),
+        "labeling:my-work": Case("GET", lambda o: "/labeling/mine/", LABELING_LABEL),
+        "labeling:project-new": Case("GET", lambda o: "/labeling/projects/new/", LABELING_MANAGE),
+        "labeling:project-detail": Case(
+            "GET", lambda o: f"/labeling/projects/{o['project'].pk}/", LABELING_ANY
+        ),
+        "labeling:project-edit": Case(
+            "GET", lambda o: f"/labeling/projects/{o['project'].pk}/edit/", LABELING_MANAGE
+        ),
+        "labeling:conversation-list": Case(
+            "GET", lambda o: f"/labeling/projects/{o['project'].pk}/conversations/", LABELING_ANY
+        ),
+        "labeling:items-add": Case(
+            "POST",
+            lambda o: f"/labeling/projects/{o['project'].pk}/items/",
+            codes(302, 403, 403, 302, 302, 302),
+        ),
+        "labeling:task-next": Case(
+            "POST",
+            lambda o: f"/labeling/projects/{o['project'].pk}/next/",
+            codes(302, 302, 302, 403, 403, 302),
+        ),
+        "labeling:conversation-new": Case(
+            "POST",
+            lambda o: f"/labeling/projects/{o['project'].pk}/write/",
+            codes(302, 302, 302, 403, 403, 302),
+        ),
+        "labeling:review-next": Case(
+            "POST",
+            lambda o: f"/labeling/projects/{o['project'].pk}/review/",
+            codes(302, 403, 302, 403, 403, 302),
+        ),
+        "labeling:project-stats": Case(
+            "GET", lambda o: f"/labeling/projects/{o['project'].pk}/stats/", LABELING_ANY
+        ),
+        "labeling:seed-identity": Case(
+            "GET", lambda o: f"/labeling/projects/{o['project'].pk}/seed/identity/", LABELING_MANAGE
+        ),
+        "labeling:seed-idk": Case(
+            "GET", lambda o: f"/labeling/projects/{o['project'].pk}/seed/idk/", LABELING_MANAGE
+        ),
+        "labeling:conversation-import": Case(
+            "GET", lambda o: f"/labeling/projects/{o['project'].pk}/import/", LABELING_MANAGE
+        ),
+        "labeling:snapshot-new": Case(
+            "GET", lambda o: f"/labeling/projects/{o['project'].pk}/export/", LABELING_MANAGE
+        ),
+        # lena's conversation: its author, reviewers and project managers may open it.
+        "labeling:conversation-edit": Case(
+            "GET", lambda o: f"/labeling/conversations/{o['conversation'].pk}/", LABELING_ANY
+        ),
+        "labeling:conversation-autosave": Case(
+            "POST",
+            lambda o: f"/labeling/conversations/{o['conversation'].pk}/autosave/",
+            codes(302, 400, 403, 403, 403, 400),  # 400: the empty body; only the author writes
+        ),
+        "labeling:conversation-chatml": Case(
+            "POST",
+            lambda o: f"/labeling/conversations/{o['conversation'].pk}/chatml/",
+            LABELING_ANY,
+        ),
+        "labeling:conversation-draft": Case(
+            "POST",
+            lambda o: f"/labeling/conversations/{o['conversation'].pk}/draft/",
+            codes(302, 400, 403, 403, 403, 400),  # 400: no drafting checkpoint
+        ),
+        "labeling:task-skip": Case(
+            "POST",
+            lambda o: f"/labeling/conversations/{o['conversation'].pk}/skip/",
+            codes(302, 404, 404, 403, 403, 404),  # 404: not a queued task of theirs
+        ),
+        "labeling:conversation-review": Case(
+            "GET",
+            lambda o: f"/labeling/conversations/{o['conversation'].pk}/review/",
+            codes(302, 403, 200, 403, 403, 200),
+        ),
+        "labeling:conversation-history": Case(
+            "GET",
+            lambda o: f"/labeling/conversations/{o['conversation'].pk}/history/",
+            LABELING_ANY,
+        ),
+        "labeling:markdown-preview": Case("POST", lambda o: "/labeling/preview/", LABELING_ANY),
+        "labeling:snapshot-detail": Case(
+            "GET", lambda o: f"/labeling/snapshots/{o['snapshot'].pk}/", PAGE_VIEW_RUNS
+        ),
+        "labeling:snapshot-file": Case(
+            "GET",
+            lambda o: f"/labeling/snapshots/{o['snapshot'].pk}/files/card.json",
+            PAGE_VIEW_RUNS,
+        ),
+        "api-project-list": Case("GET", lambda o: "/api/labeling/projects/", API_LABELING_ANY),
+        "api-project-detail": Case(
+            "GET", lambda o: f"/api/labeling/projects/{o['project'].pk}/", API_LABELING_ANY
+        ),
+        "api-project-items": Case(
+            "POST",
+            lambda o: f"/api/labeling/projects/{o['project'].pk}/items/",
+            codes(401, 403, 403, 201, 201, 201),
+            lambda: {"kind": "write", "count": 1},
+        ),
+        "api-next-task": Case(
+            "POST",
+            lambda o: f"/api/labeling/projects/{o['project'].pk}/next-task/",
+            codes(401, 204, 204, 403, 403, 204),  # 204: no task waiting
+        ),
+        "api-project-conversations": Case(
+            "GET",
+            lambda o: f"/api/labeling/projects/{o['project'].pk}/conversations/",
+            API_LABELING_ANY,
+        ),
+        "api-project-import": Case(
+            "POST",
+            lambda o: f"/api/labeling/projects/{o['project'].pk}/import/",
+            codes(401, 403, 403, 201, 201, 201),
+            conversations_file,
+        ),
+        "api-project-snapshots": Case(
+            "GET",
+            lambda o: f"/api/labeling/projects/{o['project'].pk}/snapshots/",
+            API_VIEW_RUNS,
+        ),
+        "api-conversation": Case(
+            "GET",
+            lambda o: f"/api/labeling/conversations/{o['conversation'].pk}/",
+            API_LABELING_ANY,
+        ),
+        "api-conversation-submit": Case(
+            "POST",
+            lambda o: f"/api/labeling/conversations/{o['conversation'].pk}/submit/",
+            codes(401, 200, 403, 403, 403, 200),
+        ),
+        "api-conversation-review": Case(
+            "POST",
+            lambda o: f"/api/labeling/conversations/{o['conversation'].pk}/review/",
+            codes(401, 403, 409, 403, 403, 409),  # 409: version 0 is stale
+            lambda: {"decision": "approve", "version": 0},
+        ),
+        "api-snapshot-detail": Case(
+            "GET", lambda o: f"/api/labeling/snapshots/{o['snapshot'].pk}/", API_VIEW_RUNS
+        ),
+    }
+)
 # Launching through the API, separately from listing (same route, another capability).
 API_CREATE = Case(
     "POST",
@@ -143,9 +301,27 @@ def objects(people) -> Callable[[], dict[str, Any]]:
         run = services.run_create(kind="countdown", config={}, inputs={}, user=tom)
         failed = services.run_create(kind="countdown", config={}, inputs={}, user=tom)
         Run.objects.filter(pk=failed.pk).update(status=RunStatus.FAILED)
-        return {"corpus": corpus, "run": run, "failed": failed}
+        return {"corpus": corpus, "run": run, "failed": failed, **labeling_objects(people)}
 
     return make
+
+
+def labeling_objects(people: dict[str, Any]) -> dict[str, Any]:
+    """tom's project, lena's submitted conversation, and a snapshot of leo's approved one."""
+    from labeling import data
+    from labeling import services as labeling
+
+    project = labeling.project_create(user=people["tom"], name="p")
+    messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
+    draft = labeling.conversation_create(project=project, user=people["lena"], messages=messages)
+    conversation = labeling.conversation_submit(
+        conversation=draft, user=people["lena"], expected_version=draft.version
+    )
+    labeling.conversation_create(
+        project=project, user=people["leo"], messages=messages, status="approved"
+    )
+    snapshot = data.snapshot_create(project=project, user=people["tom"], name="s")
+    return {"project": project, "conversation": conversation, "snapshot": snapshot}
 
 
 def call(client_for, persona: str, case: Case, objs: dict[str, Any]) -> int:
@@ -153,7 +329,7 @@ def call(client_for, persona: str, case: Case, objs: dict[str, Any]) -> int:
     data = case.data() if case.data else {}
     if case.method == "GET":
         return client.get(case.path(objs)).status_code
-    if case.data is corpus_file:
+    if case.data in (corpus_file, conversations_file):
         return client.post(case.path(objs), data).status_code
     return client.post(case.path(objs), data, content_type="application/json").status_code
 

@@ -24,6 +24,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "tokenizer": ("training.core.tokenizer", "TokenizerConfig"),
     "corpus": ("training.core.pipeline.run", "CorpusConfig"),
     "pretrain": ("training.core.pretrain", "PretrainConfig"),
+    "sft": ("training.core.sft", "SFTConfig"),
 }
 
 
