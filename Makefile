@@ -53,7 +53,7 @@ test-unit: setup
 
 test-services: setup
 	DATABASE_URL=$(TEST_DATABASE_URL) CELERY_BROKER_URL=$(TEST_BROKER_URL) \
-		$(PYTEST) -q tests/training tests/integration tests/test_healthz.py
+		$(PYTEST) -q tests/training tests/labeling tests/integration tests/test_healthz.py
 
 # Speed as ratios against references measured in the same run (see training/core/bench/).
 bench: setup

@@ -11,7 +11,7 @@ from typing import Any
 
 from labeling.models import Project
 from labeling.turns import public_messages
-from training.inference import Busy, stream_generation
+from training.inference import Busy, chat_prompts, complete
 
 __all__ = ["Busy", "DraftUnavailable", "Draft", "draft_reply"]
 
@@ -30,7 +30,7 @@ class Draft:
 
 
 def draft_reply(*, project: Project, messages: list[dict]) -> Draft:
-    from training.core.generate import SamplingParams, chat_prompt
+    from training.core.generate import SamplingParams
 
     checkpoint = project.draft_checkpoint
     if checkpoint is None:
@@ -38,16 +38,12 @@ def draft_reply(*, project: Project, messages: list[dict]) -> Draft:
     if not messages or messages[-1].get("role") not in ("user", "tool"):
         raise DraftUnavailable("A draft answers the last user (or tool) turn: write that first.")
     params = SamplingParams(max_new_tokens=DRAFT_MAX_NEW_TOKENS, temperature=DRAFT_TEMPERATURE)
-    from training.inference import engine_cache
-
-    engine = engine_cache().get(checkpoint)
-    prompt = chat_prompt(engine.tokenizer, public_messages(messages))
-    text = ""
-    for event in stream_generation(artifact=checkpoint, prompts=[prompt], params=params):
-        if event["event"] == "error":
-            raise DraftUnavailable(f"The model could not draft: {event['message']}")
-        if event["event"] == "done":
-            text = event["completions"][0]["text"]
+    (prompt,) = chat_prompts(checkpoint, [public_messages(messages)])
+    try:
+        (completion,) = complete(artifact=checkpoint, prompts=[prompt], params=params)
+    except ValueError as exc:
+        raise DraftUnavailable(f"The model could not draft: {exc}") from None
+    text = completion["text"]
     return Draft(
         text=text.strip(),
         provenance={

@@ -89,6 +89,7 @@ CASES: dict[str, Case] = {
     "training:checkpoint-list": Case("GET", lambda o: "/checkpoints/", PAGE_VIEW_RUNS),
     "training:checkpoint-import": Case("GET", lambda o: "/checkpoints/import/", PAGE_VIEW_RUNS),
     "training:playground": Case("GET", lambda o: "/playground/", EVERYONE),
+    "training:compare": Case("GET", lambda o: "/checkpoints/compare/", EVERYONE),
     "training:tokenizer-playground": Case("GET", lambda o: "/tokenizers/playground/", EVERYONE),
     "training:playground-stream": Case(
         "POST", lambda o: "/playground/stream/", codes(302, 400, 400, 400, 400, 400)

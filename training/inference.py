@@ -15,6 +15,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import asdict, is_dataclass
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
@@ -38,7 +39,9 @@ class EngineCache:
         self._engines: OrderedDict[tuple[int, str], Any] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, artifact: Artifact) -> Any:
+    def get(self, artifact: Artifact, base_path: Path | None = None) -> Any:
+        """The artifact's engine; ``base_path`` (from :func:`adapter_base_path`, looked up by
+        the caller's thread, which sees its own transaction) when the artifact is an adapter."""
         from training.core.generate import Engine
 
         key = (artifact.pk, artifact.sha256)
@@ -46,7 +49,7 @@ class EngineCache:
             if key in self._engines:
                 self._engines.move_to_end(key)
                 return self._engines[key]
-            engine = Engine.load(artifact.abspath())
+            engine = Engine.load(artifact.abspath(), base_path=base_path)
             self._engines[key] = engine
             while len(self._engines) > self.size:
                 evicted, _ = self._engines.popitem(last=False)
@@ -56,6 +59,18 @@ class EngineCache:
     def clear(self) -> None:
         with self._lock:
             self._engines.clear()
+
+
+def adapter_base_path(artifact: Artifact) -> Path | None:
+    """A LoRA adapter checkpoint runs on the checkpoint it was trained from (its parent)."""
+    if not (artifact.abspath() / "adapter_config.json").is_file():
+        return None
+    from training.models import ArtifactKind
+
+    base = artifact.parents.filter(kind=ArtifactKind.CHECKPOINT).order_by("pk").first()
+    if base is None:
+        raise ValueError(f"adapter {artifact} has no base checkpoint among its parents")
+    return base.abspath()
 
 
 _cache: EngineCache | None = None
@@ -96,12 +111,17 @@ def stream_generation(*, artifact: Artifact, prompts: list[str], params: Any) ->
     slots = generation_slots()
     if not slots.acquire(blocking=False):
         raise Busy(retry_after=settings.ORCHARD_GENERATION_RETRY_AFTER_SECONDS)
+    try:
+        base_path = adapter_base_path(artifact)
+    except Exception:
+        slots.release()
+        raise
     events: queue.Queue[dict] = queue.Queue()
     stop = threading.Event()
 
     def work() -> None:
         try:
-            engine = engine_cache().get(artifact)
+            engine = engine_cache().get(artifact, base_path)
             completions = engine.generate(
                 prompts,
                 params,
@@ -125,3 +145,25 @@ def stream_generation(*, artifact: Artifact, prompts: list[str], params: Any) ->
                 return
     finally:
         stop.set()  # no-op after a normal end; stops the engine when the client disconnected
+
+
+def complete(*, artifact: Artifact, prompts: list[str], params: Any) -> list[dict]:
+    """Every completion at once (no streaming): the compare page and labeling drafts use it.
+
+    Raises ``Busy`` when no generation slot is free, ``ValueError`` with the engine's message
+    when the generation fails (a prompt longer than the context window, for example).
+    """
+    for event in stream_generation(artifact=artifact, prompts=prompts, params=params):
+        if event["event"] == "done":
+            return event["completions"]
+        if event["event"] == "error":
+            raise ValueError(event["message"])
+    raise ValueError("the generation ended without a result")
+
+
+def chat_prompts(artifact: Artifact, conversations: list[list[dict]]) -> list[str]:
+    """Each conversation rendered with the checkpoint's own chat template, ready for a reply."""
+    from training.core.generate import chat_prompt
+
+    tokenizer = engine_cache().get(artifact, adapter_base_path(artifact)).tokenizer
+    return [chat_prompt(tokenizer, messages) for messages in conversations]

@@ -136,6 +136,39 @@ BUILTIN_KINDS = (
         result_template="training/results/pretrain.html",
         estimate_path="training.estimates:pretrain_estimate",
     ),
+    RunKind(
+        name="sft",
+        label="Supervised fine-tuning",
+        description=(
+            "Fine-tune a checkpoint on conversations exported from labeling, with TRL's "
+            "SFTTrainer: loss on the assistant's tokens only, full fine-tuning or a LoRA adapter, "
+            "validation loss, sample replies to fixed prompts, and the share of replies that end "
+            "their turn with <|im_end|>."
+        ),
+        config_path="training.core.sft:SFTConfig",
+        entry_path="training.core.sft:run",
+        inputs=(
+            InputSpec("base", ArtifactKind.CHECKPOINT, "Base checkpoint"),
+            InputSpec("datasets", ArtifactKind.DATASET, "Dataset snapshots", many=True),
+        ),
+        output_kind=ArtifactKind.CHECKPOINT,
+        result_template="training/results/sft.html",
+    ),
+    RunKind(
+        name="merge",
+        label="Merge a LoRA adapter",
+        description=(
+            "Fold a LoRA adapter into its base checkpoint, making a full checkpoint that serves "
+            "faster and can be trained further."
+        ),
+        config_path="training.core.sft:MergeConfig",
+        entry_path="training.core.sft:merge_run",
+        inputs=(
+            InputSpec("base", ArtifactKind.CHECKPOINT, "Base checkpoint"),
+            InputSpec("adapter", ArtifactKind.CHECKPOINT, "LoRA adapter"),
+        ),
+        output_kind=ArtifactKind.CHECKPOINT,
+    ),
 )
 
 

@@ -39,6 +39,12 @@ class PlaygroundForm(forms.Form):
     top_p = forms.FloatField(min_value=0.01, max_value=1, initial=1.0, help_text="1 = off")
     seed = forms.IntegerField(min_value=0, required=False, help_text="blank = random")
     n = forms.IntegerField(min_value=1, max_value=8, initial=3, label="Samples")
+    chat = forms.BooleanField(
+        required=False,
+        label="Send as a chat message",
+        help_text="Wrap the prompt in the checkpoint's chat template as a user turn, so a "
+        "fine-tuned model answers it as an assistant.",
+    )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -47,6 +53,14 @@ class PlaygroundForm(forms.Form):
         self.fields["max_new_tokens"] = forms.IntegerField(
             min_value=1, max_value=cap, initial=min(64, cap), help_text=f"at most {cap}"
         )
+
+    def prompt_text(self) -> str:
+        """The text the model continues: the prompt itself, or a chat turn awaiting a reply."""
+        prompt = self.cleaned_data["prompt"]
+        if not self.cleaned_data.get("chat"):
+            return prompt
+        checkpoint = self.cleaned_data["checkpoint"]
+        return inference.chat_prompts(checkpoint, [[{"role": "user", "content": prompt}]])[0]
 
     def sampling_params(self) -> Any:
         from training.core.generate import SamplingParams
@@ -89,7 +103,10 @@ def _samples(completions: list[dict[str, Any]], engine_tokens: dict[int, list]) 
 
 def _initial(request: HttpRequest) -> dict[str, Any]:
     checkpoint = request.GET.get("checkpoint", "")
-    return {"checkpoint": checkpoint} if checkpoint.isdigit() else {}
+    initial: dict[str, Any] = {"checkpoint": checkpoint} if checkpoint.isdigit() else {}
+    if request.GET.get("chat") == "1":
+        initial.update(chat=True, prompt="Hello! Who are you?")
+    return initial
 
 
 @role_required(Capability.CHAT)
@@ -116,7 +133,7 @@ def _generate_all(form: PlaygroundForm) -> tuple[list[dict], str]:
     tokens: dict[int, list] = {}
     for event in inference.stream_generation(
         artifact=form.cleaned_data["checkpoint"],
-        prompts=[form.cleaned_data["prompt"]],
+        prompts=[form.prompt_text()],
         params=form.sampling_params(),
     ):
         if event["event"] == "token":
@@ -138,7 +155,7 @@ def playground_stream(request: HttpRequest) -> HttpResponse:
     try:
         events = inference.stream_generation(
             artifact=form.cleaned_data["checkpoint"],
-            prompts=[form.cleaned_data["prompt"]],
+            prompts=[form.prompt_text()],
             params=form.sampling_params(),
         )
         first = next(events)  # raises Busy before any bytes are sent

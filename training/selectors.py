@@ -73,7 +73,11 @@ def samples_table(run: Run, steps: int = 3) -> dict[str, Any] | None:
     for column, record in enumerate(records):
         for sample in record.payload.get("samples", []):
             texts = by_prompt.setdefault(str(sample.get("prompt", "")), [""] * len(records))
-            texts[column] = str(sample.get("text", ""))
+            # pretraining continues a prompt ("text"); SFT answers it ("reply", "ended")
+            text = str(sample.get("text", sample.get("reply", "")))
+            if sample.get("ended") is False:
+                text += " … [did not end its turn]"
+            texts[column] = text
     return {
         "steps": [r.step for r in records],
         "rows": [{"prompt": p, "texts": t} for p, t in by_prompt.items()],

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from training import inspector_views, playground_views, tokenizer_views, views
+from training import compare_views, inspector_views, playground_views, tokenizer_views, views
 
 app_name = "training"
 
@@ -31,6 +31,7 @@ urlpatterns = [
     path("checkpoints/", views.checkpoint_list, name="checkpoint-list"),
     path("checkpoints/import/", views.checkpoint_import, name="checkpoint-import"),
     path("playground/", playground_views.playground, name="playground"),
+    path("checkpoints/compare/", compare_views.compare, name="compare"),
     path(
         "tokenizers/playground/",
         tokenizer_views.tokenizer_playground,

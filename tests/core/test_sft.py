@@ -373,6 +373,15 @@ def test_adapter_output_and_merge_match_the_unmerged_model(
         assert (base(input_ids=ids).logits - want).abs().max() > 1e-3  # the adapter did something
     assert tok.convert_tokens_to_ids("<|im_end|>") in merged.generation_config.eos_token_id
 
+    # The generation engine serves the adapter on its base, unmerged, with the merged outputs.
+    from training.core.generate import Engine, SamplingParams
+
+    greedy = SamplingParams(max_new_tokens=12, temperature=0)
+    prompt = "<|im_start|>user\n1+2?<|im_end|>\n<|im_start|>assistant\n"
+    on_base = Engine.load(adapter.out, base_path=base_dir).generate([prompt], greedy)
+    from_merged = Engine.load(merged_dir).generate([prompt], greedy)
+    assert on_base[0].token_ids == from_merged[0].token_ids
+
 
 # ------------------------------------------------------------------------------------ resume
 

@@ -500,25 +500,36 @@ class Engine:
         dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto",
         *,
         compile: bool = False,
+        base_path: str | Path | None = None,
     ) -> Engine:
-        """Load a local transformers folder (``model.safetensors`` + tokenizer files).
+        """Load a local transformers folder (``model.safetensors`` + tokenizer files), or a LoRA
+        adapter folder (``adapter_model.safetensors``) on top of the model in ``base_path``.
 
         Only safetensors weights are read: pickled ``pytorch_model.bin`` files can run code when
         loaded. Nothing is downloaded and no code from the folder is run. ``device`` as in
         :func:`training.core.device.pick_device`; ``dtype`` ``auto`` is bf16 on a GPU that
-        supports it and fp32 elsewhere.
+        supports it and fp32 elsewhere. An adapter stays separate from its base (PEFT applies it
+        on the fly), so the same base folder serves every adapter trained from it.
         """
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
         folder = Path(path)
         if not folder.is_dir():
             raise FileNotFoundError(f"model folder not found: {folder}")
+        target = pick_device(device)
+        if (folder / "adapter_config.json").is_file():
+            from training.core.sft import load_for_generation
+
+            model, tokenizer = load_for_generation(
+                folder, Path(base_path) if base_path is not None else None
+            )
+            model = model.to(dtype=_resolve_dtype(dtype, target))
+            return cls(model.to(target), tokenizer, compile=compile)
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
         if not any((folder / name).is_file() for name in SAFETENSORS_FILES):
             raise FileNotFoundError(
                 f"{folder} has no model.safetensors: only safetensors weights are loaded "
                 "(pickled pytorch_model.bin files are refused)"
             )
-        target = pick_device(device)
         model = AutoModelForCausalLM.from_pretrained(
             folder,
             dtype=_resolve_dtype(dtype, target),

@@ -1134,6 +1134,7 @@ def run(
         "stopped_early": stopped,
         "resumed_from_step": resume[0] if resume else None,
         "method": cfg.method,
+        "adapter": cfg.method == "lora" and not cfg.merge_adapter,
         "train_loss_first": losses[0] if losses else None,
         "train_loss_last": losses[-1] if losses else None,
         "val_loss": evals[-1] if evals else None,
@@ -1288,3 +1289,31 @@ def _write_json_atomic(path: Path, value: dict[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(value, indent=1, ensure_ascii=False))
     os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------------------------- merge
+
+
+class MergeConfig(BaseModel):
+    """Merging has nothing to choose: the base and the adapter are the run's inputs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+def merge_run(
+    cfg: MergeConfig,
+    inputs: dict[str, list[Path]],
+    out_dir: Path,
+    reporter: Reporter,
+    *,
+    work_dir: Path | None = None,
+) -> dict[str, Any]:
+    """The ``merge`` stage: fold ``inputs["adapter"]`` into ``inputs["base"]`` as a new full
+    checkpoint (faster to serve, and a base for further training)."""
+    bases, adapters = inputs.get("base") or [], inputs.get("adapter") or []
+    if len(bases) != 1 or len(adapters) != 1:
+        raise ValueError("merging needs exactly one base checkpoint and one LoRA adapter")
+    reporter.progress(0, 1, "merging the adapter into its base")
+    merge_adapter(bases[0], adapters[0], out_dir)
+    reporter.progress(1, 1, "merged")
+    return {"merged": True}
