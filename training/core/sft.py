@@ -101,7 +101,13 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from training.core.checkpoints import COMPLETE, hash_tree, read_complete
+from training.core.checkpoints import read_complete
+from training.core.hf_checkpoints import (
+    CHECKPOINT_PREFIX,
+    latest_checkpoint,
+    mark_complete,
+    prune_checkpoints,
+)
 from training.core.reporting import Cancelled, Reporter
 
 if TYPE_CHECKING:  # torch, transformers, datasets, trl and peft load only when a run starts
@@ -117,7 +123,6 @@ if TYPE_CHECKING:  # torch, transformers, datasets, trl and peft load only when 
     from trl import SFTTrainer
 
 ROLES = ("system", "user", "assistant", "tool")
-CHECKPOINT_PREFIX = "checkpoint-"  # the Trainer's folder names: checkpoint-<global step>
 STOP_RATE_HELD_OUT = 16  # held-out conversations used for stop_rate, besides the sample prompts
 MEASURE_BATCH = 256  # conversations rendered and tokenized per call while measuring
 # Without an explicit learning rate: full fine-tuning moves every weight, so it needs a smaller
@@ -693,60 +698,6 @@ def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
 
 
 # ---------------------------------------------------------------------------------- checkpoints
-
-
-def _step_of(folder: Path) -> int | None:
-    suffix = folder.name.removeprefix(CHECKPOINT_PREFIX)
-    return int(suffix) if folder.name.startswith(CHECKPOINT_PREFIX) and suffix.isdigit() else None
-
-
-def checkpoint_folders(root: Path) -> list[tuple[int, Path]]:
-    """Every ``checkpoint-N`` folder under ``root``, complete or not, oldest first."""
-    if not root.is_dir():
-        return []
-    found = [(_step_of(p), p) for p in root.iterdir() if p.is_dir()]
-    return sorted((step, p) for step, p in found if step is not None)
-
-
-def mark_complete(folder: Path, step: int, meta: dict[str, Any]) -> None:
-    """Flush a finished save to disk and write its ``COMPLETE`` marker (hashes of every file)."""
-    for path in folder.rglob("*"):
-        if path.is_file():
-            with open(path, "rb") as fh:
-                os.fsync(fh.fileno())
-    record = {"step": step, "meta": meta, "files": hash_tree(folder)}
-    tmp = folder / f".{COMPLETE}.tmp"
-    tmp.write_text(json.dumps(record, indent=1))
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, folder / COMPLETE)
-
-
-def latest_checkpoint(root: Path, reporter: Reporter) -> tuple[int, Path] | None:
-    """The newest complete checkpoint whose files match their hashes.
-
-    Folders without a marker (a save that never finished) are deleted, and so are newer ones
-    whose files no longer match it; older complete ones stay until the next prune.
-    """
-    newest = None
-    for step, folder in reversed(checkpoint_folders(root)):
-        if newest is None and read_complete(folder, verify=True) is not None:
-            newest = (step, folder)
-        elif newest is None or read_complete(folder, verify=False) is None:
-            reporter.log(f"deleting the incomplete checkpoint {folder.name}")
-            shutil.rmtree(folder, ignore_errors=True)
-    return newest
-
-
-def prune_checkpoints(root: Path, keep: int) -> None:
-    """Keep the newest ``keep`` complete checkpoints; delete the rest, complete or not."""
-    complete = [
-        p for _, p in checkpoint_folders(root) if read_complete(p, verify=False) is not None
-    ]
-    kept = set(complete[-keep:])
-    for _, folder in checkpoint_folders(root):
-        if folder not in kept:
-            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _check_resumable(folder: Path, step: int, cfg: SFTConfig) -> None:
