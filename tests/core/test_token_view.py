@@ -53,3 +53,35 @@ def test_text_stats(tokenizer) -> None:
 def test_loading_reads_only_tokenizer_json(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="tokenizer.json|No such file"):
         load_tokenizer(tmp_path)
+
+
+def test_chat_segments_match_the_tokenizers_template_and_mask(tiny_model_dir) -> None:
+    """The editor's ChatML view renders without transformers; it must equal what training sees."""
+    from transformers import AutoTokenizer
+
+    from training.core.token_view import chat_pieces, chat_segments, load_tokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    call = {"name": "calc", "arguments": {"z": "<b>", "expr": "2+2é"}}
+    conversations = [
+        [
+            {"role": "system", "content": "Be <nice> & 'kind'"},
+            {"role": "user", "content": "What is 2+2?"},
+            {"role": "assistant", "content": "Let me compute.", "tool_calls": [
+                {"type": "function", "function": call}]},
+            {"role": "tool", "content": "4"},
+            {"role": "assistant", "content": "It is 4."},
+        ],
+        [{"role": "user", "content": " leading space\n\nand lines"},
+         {"role": "assistant", "content": "\n"}],
+    ]  # fmt: skip
+    fast = load_tokenizer(tiny_model_dir)
+    for messages in conversations:
+        rendered = "".join(s.text for s in chat_segments(messages))
+        assert rendered == tok.apply_chat_template(messages, tokenize=False)
+        reference = tok.apply_chat_template(
+            messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+        )
+        pieces = chat_pieces(fast, messages)
+        assert [p.piece.token_id for p in pieces] == list(reference["input_ids"])
+        assert [int(p.trained) for p in pieces] == list(reference["assistant_masks"])
