@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import serializers, status
 from rest_framework.exceptions import PermissionDenied, ValidationError
 from rest_framework.generics import ListAPIView, RetrieveAPIView, get_object_or_404
@@ -18,10 +18,49 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from labeling import data, services
-from labeling.models import Conversation, ConversationStatus, Project, Snapshot, TaskKind
+from labeling.models import (
+    RESPONSE_TASKS,
+    Conversation,
+    ConversationStatus,
+    Project,
+    Snapshot,
+    TaskKind,
+)
 from webapp.roles import Capability, HasCapability, user_can
 
 ANY_LABELING = (Capability.LABEL, Capability.REVIEW, Capability.MANAGE_PROJECTS)
+NEW_STATUSES = [  # what a conversation may be created or imported as
+    (value, label)
+    for value, label in ConversationStatus.choices
+    if value != ConversationStatus.REJECTED
+]
+
+
+def _enum_schema(choices: list[tuple[str, str]]) -> dict[str, Any]:
+    return {
+        "type": "string",
+        "enum": [value for value, _ in choices],
+        "description": "\n".join(f"* `{value}` - {label}" for value, label in choices),
+    }
+
+
+# Each ``status`` choice set is its own named schema component: the runs API has a ``status``
+# enum too, and drf-spectacular warns (and names them Status<hash>Enum) when one field name
+# carries several choice sets in several components.
+@extend_schema_field(
+    _enum_schema(ConversationStatus.choices), component_name="ConversationStatusEnum"
+)
+class ConversationStatusField(serializers.ChoiceField):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(choices=ConversationStatus.choices, **kwargs)
+
+
+@extend_schema_field(_enum_schema(NEW_STATUSES), component_name="NewConversationStatusEnum")
+class NewConversationStatusField(serializers.ChoiceField):
+    """The statuses a conversation may enter with: draft, submitted or already approved."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(choices=NEW_STATUSES, **kwargs)
 
 
 class ProjectSerializer(serializers.ModelSerializer):
@@ -41,10 +80,15 @@ class ProjectSerializer(serializers.ModelSerializer):
             "created_at",
         ]
         read_only_fields = ["guideline_version", "created_at"]
+        # As on the project form (overlap 0 would break the database's check constraint).
+        extra_kwargs = {
+            name: {"min_value": 1} for name in ("required_turns", "overlap", "lease_minutes")
+        }
 
 
 class ConversationSerializer(serializers.ModelSerializer):
     author = serializers.CharField(source="author.username", default=None, read_only=True)
+    status = ConversationStatusField(read_only=True)
 
     class Meta:
         model = Conversation
@@ -76,14 +120,7 @@ class BulkConversationSerializer(serializers.Serializer):
     conversations = serializers.ListField(
         child=ConversationWriteSerializer(), min_length=1, max_length=5000
     )
-    status = serializers.ChoiceField(
-        choices=[
-            ConversationStatus.DRAFT,
-            ConversationStatus.SUBMITTED,
-            ConversationStatus.APPROVED,
-        ],
-        default=ConversationStatus.SUBMITTED,
-    )
+    status = NewConversationStatusField(default=ConversationStatus.SUBMITTED)
 
 
 class ItemsSerializer(serializers.Serializer):
@@ -99,14 +136,20 @@ class ReviewSerializer(serializers.Serializer):
     messages = serializers.ListField(child=serializers.DictField(), required=False)
     version = serializers.IntegerField()
 
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        # A missing comment is a bad request (400), not a permission problem (403).
+        if attrs["decision"] == "reject" and not attrs["comment"].strip():
+            raise ValidationError(
+                {"comment": ["Say what to change: a rejection needs a comment for the author."]}
+            )
+        return attrs
+
 
 class ImportSerializer(serializers.Serializer):
     file = serializers.FileField()
     format = serializers.ChoiceField(choices=["auto", "messages", "sharegpt", "oasst", "hh"],
                                      default="auto")  # fmt: skip
-    status = serializers.ChoiceField(
-        choices=["draft", "submitted", "approved"], default="submitted"
-    )
+    status = NewConversationStatusField(default=ConversationStatus.SUBMITTED)
     tags = serializers.ListField(child=serializers.CharField(max_length=40), required=False)
 
 
@@ -167,14 +210,80 @@ class ItemsApi(APIView):
 class NextTaskApi(APIView):
     permission_classes = [HasCapability(Capability.LABEL)]
 
-    @extend_schema(request=None, responses={200: ConversationSerializer, 204: None})
+    @extend_schema(
+        request=None,
+        responses={200: ConversationSerializer, 204: None},
+        description="A writing task answers with its conversation; a ranking or arena task "
+        'with {"kind", "assignment", "prompt", "responses"} (submit it to '
+        "/api/labeling/tasks/<assignment>/ranking/).",
+    )
     def post(self, request: Request, pk: int) -> Response:
+        from labeling import ranking
+
         project = get_object_or_404(Project, pk=pk)
+        ranking.batches_sync(project=project)
         assignment = services.next_task(user=request.user, project=project)
         if assignment is None:
             return Response(status=status.HTTP_204_NO_CONTENT)
+        item = assignment.item
+        if item.kind in RESPONSE_TASKS:
+            return Response(
+                {
+                    "kind": item.kind,
+                    "assignment": assignment.pk,
+                    "prompt": item.seed_messages,
+                    "responses": [r["text"] for r in item.responses],
+                }
+            )
         conversation = services.assignment_conversation(assignment=assignment)
         return Response(ConversationSerializer(conversation).data)
+
+
+class RankingSubmitSerializer(serializers.Serializer):
+    order = serializers.ListField(
+        child=serializers.ListField(child=serializers.IntegerField()),
+        required=False,
+        help_text="Tiers of response indices, best first; indices in one tier are tied.",
+    )
+    vote = serializers.ChoiceField(choices=["a", "b", "tie", "both_bad"], required=False)
+    all_bad = serializers.BooleanField(default=False)
+    better_answer = serializers.CharField(required=False, allow_blank=True, default="")
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if ("order" in attrs) == ("vote" in attrs):
+            raise ValidationError({"order": ["give either an order (ranking) or a vote (arena)"]})
+        return attrs
+
+
+class RankingSubmitApi(APIView):
+    permission_classes = [HasCapability(Capability.LABEL)]
+
+    @extend_schema(request=RankingSubmitSerializer, responses={201: dict})
+    def post(self, request: Request, pk: int) -> Response:
+        from labeling import ranking
+        from labeling.models import Assignment
+
+        assignment = get_object_or_404(
+            Assignment.objects.select_related("item", "item__project"),
+            pk=pk,
+            labeler=request.user,
+        )
+        body = RankingSubmitSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        values = body.validated_data
+        if "vote" in values:
+            order, all_bad = ranking.VOTES[values["vote"]]
+        else:
+            order, all_bad = values["order"], values["all_bad"]
+        try:
+            saved = ranking.ranking_submit(
+                assignment=assignment,
+                user=request.user,
+                ranking=ranking.RankingInput(order, all_bad, values["better_answer"]),
+            )
+        except services.LabelingRefused as exc:
+            raise ValidationError({"order": [str(exc)]}) from None
+        return Response({"ranking": saved.pk, "order": saved.order}, status=201)
 
 
 class ProjectConversationsApi(ListAPIView):
@@ -281,10 +390,13 @@ class ConversationSubmitApi(ConversationDetailApi):
     @extend_schema(request=None, responses={200: ConversationSerializer})
     def post(self, request: Request, pk: int) -> Response:
         conversation = self._get(request, pk)
-        version = request.data.get("version", conversation.version)
+        try:
+            version = int(request.data.get("version", conversation.version))
+        except (TypeError, ValueError):
+            raise ValidationError({"version": ["must be a whole number"]}) from None
         try:
             saved = services.conversation_submit(
-                conversation=conversation, user=request.user, expected_version=int(version)
+                conversation=conversation, user=request.user, expected_version=version
             )
         except services.StaleEdit as exc:
             return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)

@@ -30,4 +30,5 @@ urlpatterns = [
         name="api-conversation-review",
     ),
     path("snapshots/<int:pk>/", api.SnapshotDetailApi.as_view(), name="api-snapshot-detail"),
+    path("tasks/<int:pk>/ranking/", api.RankingSubmitApi.as_view(), name="api-ranking-submit"),
 ]

@@ -33,6 +33,7 @@ SNAPSHOT_FILES = (
     "card.json",
     "README.md",
     "index.jsonl",
+    "raw_rankings.jsonl",
 )
 IMPORT_BATCH = 500
 

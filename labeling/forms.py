@@ -65,7 +65,7 @@ class ProjectForm(forms.ModelForm):
 
 
 class ItemsForm(forms.Form):
-    kind = forms.ChoiceField(choices=TaskKind.choices)
+    kind = forms.ChoiceField(choices=TaskKind.choices[:3])
     count = forms.IntegerField(
         min_value=0, max_value=10_000, initial=10, required=False,
         help_text="For “write from scratch”: how many tasks to add.",

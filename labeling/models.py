@@ -80,6 +80,11 @@ class TaskKind(models.TextChoices):
     WRITE = "write", "Write a conversation from scratch"
     CONTINUE = "continue", "Continue a conversation"
     REPLY = "reply", "Write the assistant reply"
+    RANK = "rank", "Rank model responses"
+    ARENA = "arena", "Compare two responses"
+
+
+RESPONSE_TASKS = (TaskKind.RANK, TaskKind.ARENA)
 
 
 class Item(models.Model):
@@ -92,6 +97,12 @@ class Item(models.Model):
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="items")
     kind = models.CharField(max_length=16, choices=TaskKind.choices, default=TaskKind.WRITE)
     seed_messages = models.JSONField(default=list, blank=True)
+    # For ranking and arena tasks: the replies shown, in the (shuffled) order every labeler sees,
+    # each {"text", "checkpoint", "sample"}; which checkpoint wrote which stays hidden.
+    responses = models.JSONField(default=list, blank=True)
+    batch = models.ForeignKey(
+        "ResponseBatch", null=True, blank=True, on_delete=models.SET_NULL, related_name="items"
+    )
     instructions = models.TextField(blank=True)
     overlap = models.PositiveSmallIntegerField(default=1)
     taken = models.PositiveSmallIntegerField(default=0)
@@ -246,14 +257,79 @@ class Review(models.Model):
         return f"{self.get_decision_display()} on {self.conversation}"
 
 
+class Ranking(models.Model):
+    """One labeler's ordering of an item's responses: tiers of response indices, best first
+    (responses in one tier are tied). An arena vote is a ranking of two."""
+
+    item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="rankings")
+    labeler = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="rankings",
+    )
+    source = models.CharField(max_length=40, default="labeler")
+    order = models.JSONField()
+    all_bad = models.BooleanField(default=False)
+    better_answer = models.ForeignKey(
+        Conversation, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    seconds_spent = models.PositiveIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["item", "labeler"],
+                condition=Q(labeler__isnull=False),
+                name="ranking_once_per_labeler",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"Ranking of {self.item} by {self.labeler or self.source}"
+
+
+class ResponseBatch(models.Model):
+    """Replies generated for ranking or arena tasks: a ``responses`` run, whose output becomes
+    items once it has succeeded (exactly once: ``items_created`` flips in one conditional
+    UPDATE)."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="response_batches")
+    kind = models.CharField(max_length=16, choices=TaskKind.choices, default=TaskKind.RANK)
+    run = models.ForeignKey("training.Run", on_delete=models.PROTECT, related_name="+")
+    checkpoints = models.JSONField(default=list)  # artifact ids, in the run's order
+    items_created = models.BooleanField(default=False)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} batch #{self.pk} (run #{self.run_id})"
+
+
+class SnapshotKind(models.TextChoices):
+    SFT = "sft", "Conversations (SFT)"
+    PREFERENCE = "preference", "Preference pairs"
+    PROBLEMS = "problems", "Problems with answers"
+
+
 class Snapshot(models.Model):
     """An exported, immutable dataset: the artifact holds the files, this row the lineage."""
 
     project = models.ForeignKey(Project, on_delete=models.PROTECT, related_name="snapshots")
+    kind = models.CharField(max_length=16, choices=SnapshotKind.choices, default=SnapshotKind.SFT)
     artifact = models.OneToOneField(
         "training.Artifact", on_delete=models.PROTECT, related_name="snapshot"
     )
     conversations = models.ManyToManyField(Conversation, related_name="snapshots")
+    rankings = models.ManyToManyField(Ranking, related_name="snapshots")
     card = models.JSONField(default=dict)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"

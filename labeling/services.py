@@ -164,14 +164,18 @@ def _try_claim(item_id: int, user: Any, project: Project) -> Assignment | None:
     expires = timezone.now() + timedelta(minutes=project.lease_minutes)
     try:
         with transaction.atomic():
-            if not Item.objects.filter(pk=item_id, taken__lt=F("overlap")).update(
-                taken=F("taken") + 1
-            ):
-                return None  # filled by someone else meanwhile
-            # The labeler's own expired claim on this item is reused: one row per pair, ever.
+            # Lock order, everywhere: the assignment row, then its item (as release_expired,
+            # assignment_skip and conversation_submit do), so no two transactions wait on each
+            # other in a cycle. The labeler's own expired claim on this item is reused: one row
+            # per pair, ever.
             reopened = Assignment.objects.filter(
                 item_id=item_id, labeler=user, status=AssignmentStatus.EXPIRED
             ).update(status=AssignmentStatus.ACTIVE, lease_expires_at=expires)
+            if not Item.objects.filter(pk=item_id, taken__lt=F("overlap")).update(
+                taken=F("taken") + 1
+            ):
+                transaction.set_rollback(True)  # filled by someone else meanwhile: undo the reopen
+                return None
             if reopened:
                 return Assignment.objects.select_related("item").get(item_id=item_id, labeler=user)
             return Assignment.objects.create(
@@ -351,8 +355,30 @@ def conversation_submit(
         current.save()
         _revise(current, Revision.Action.SUBMIT, user)
         if current.assignment_id:
-            Assignment.objects.filter(pk=current.assignment_id).update(status=AssignmentStatus.DONE)
+            _assignment_done(current.assignment_id)
     return current
+
+
+def _assignment_done(assignment_id: int) -> None:
+    """Mark the task submitted, keeping ``taken`` equal to the active and submitted claims.
+
+    A task whose lease ran out (or that was skipped) already gave its slot back, and someone else
+    may hold it now: it counts again only if a slot is still free. Otherwise the work is kept (the
+    conversation is submitted) but the item is not overfilled, and the task becomes SKIPPED so the
+    queue does not offer the same item to this person again. Locks the assignment, then the item,
+    as every other queue write does.
+    """
+    assignment = Assignment.objects.select_for_update().get(pk=assignment_id)
+    if assignment.status == AssignmentStatus.DONE:
+        return  # a resubmission after review asked for changes
+    holds_slot = assignment.status == AssignmentStatus.ACTIVE  # (perhaps reopened by another tab)
+    if holds_slot or Item.objects.filter(pk=assignment.item_id, taken__lt=F("overlap")).update(
+        taken=F("taken") + 1
+    ):
+        assignment.status = AssignmentStatus.DONE
+    else:
+        assignment.status = AssignmentStatus.SKIPPED
+    assignment.save(update_fields=["status"])
 
 
 def _check_size(messages: list[dict]) -> None:

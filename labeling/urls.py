@@ -1,6 +1,6 @@
 from django.urls import path
 
-from labeling import editor_views, views
+from labeling import editor_views, ranking_views, views
 
 app_name = "labeling"
 
@@ -34,6 +34,19 @@ urlpatterns = [
         "conversations/<int:pk>/history/", views.conversation_history, name="conversation-history"
     ),
     path("preview/", editor_views.markdown_preview, name="markdown-preview"),
+    path("tasks/<int:pk>/rank/", ranking_views.task_rank, name="task-rank"),
+    path("projects/<int:pk>/responses/", ranking_views.responses_new, name="responses-new"),
+    path("projects/<int:pk>/agreement/", ranking_views.project_agreement, name="agreement"),
+    path(
+        "projects/<int:pk>/preferences/export/",
+        ranking_views.preference_export,
+        name="preference-export",
+    ),
+    path(
+        "projects/<int:pk>/preferences/import/",
+        ranking_views.preference_import,
+        name="preference-import",
+    ),
     path("snapshots/<int:pk>/", views.snapshot_detail, name="snapshot-detail"),
     path("snapshots/<int:pk>/files/<str:name>", views.snapshot_file, name="snapshot-file"),
 ]

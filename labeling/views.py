@@ -28,6 +28,7 @@ from labeling.forms import (
     split_tags,
 )
 from labeling.models import (
+    RESPONSE_TASKS,
     Assignment,
     AssignmentStatus,
     Conversation,
@@ -166,10 +167,20 @@ def items_add(request: HttpRequest, pk: int) -> HttpResponse:
 @require_POST
 def task_next(request: HttpRequest, pk: int) -> HttpResponse:
     project = get_object_or_404(Project, pk=pk)
+    return next_task_redirect(request, project)
+
+
+def next_task_redirect(request: HttpRequest, project: Project) -> HttpResponse:
+    """Open the labeler's next task in its own page, or say there is none."""
+    from labeling import ranking
+
+    ranking.batches_sync(project=project)
     assignment = services.next_task(user=request.user, project=project)
     if assignment is None:
         flash.info(request, "No tasks are waiting for you in this project. Thank you!")
         return redirect(project)
+    if assignment.item.kind in RESPONSE_TASKS:
+        return redirect("labeling:task-rank", assignment.pk)
     conversation = services.assignment_conversation(assignment=assignment)
     return redirect("labeling:conversation-edit", conversation.pk)
 
@@ -388,10 +399,16 @@ def snapshot_new(request: HttpRequest, pk: int) -> HttpResponse:
 def snapshot_detail(request: HttpRequest, pk: int) -> HttpResponse:
     snapshot = get_object_or_404(Snapshot.objects.select_related("artifact", "project"), pk=pk)
     rows = data.snapshot_preview(snapshot, limit=5)
+    folder = snapshot.artifact.abspath()
     return render(
         request,
         "labeling/snapshot_detail.html",
-        {"snapshot": snapshot, "card": snapshot.card, "rows": rows, "files": data.SNAPSHOT_FILES},
+        {
+            "snapshot": snapshot,
+            "card": snapshot.card,
+            "rows": rows,
+            "files": [n for n in data.SNAPSHOT_FILES if (folder / n).is_file()],
+        },
     )
 
 

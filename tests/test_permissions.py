@@ -90,6 +90,7 @@ CASES: dict[str, Case] = {
     "training:checkpoint-import": Case("GET", lambda o: "/checkpoints/import/", PAGE_VIEW_RUNS),
     "training:playground": Case("GET", lambda o: "/playground/", EVERYONE),
     "training:compare": Case("GET", lambda o: "/checkpoints/compare/", EVERYONE),
+    "training:score-explorer": Case("GET", lambda o: "/reward/scores/", PAGE_VIEW_RUNS),
     "training:tokenizer-playground": Case("GET", lambda o: "/tokenizers/playground/", EVERYONE),
     "training:playground-stream": Case(
         "POST", lambda o: "/playground/stream/", codes(302, 400, 400, 400, 400, 400)
@@ -208,6 +209,27 @@ CASES.update(
             LABELING_ANY,
         ),
         "labeling:markdown-preview": Case("POST", lambda o: "/labeling/preview/", LABELING_ANY),
+        "labeling:task-rank": Case(
+            "GET",
+            lambda o: f"/labeling/tasks/{o['assignment'].pk}/rank/",
+            codes(302, 200, 404, 403, 403, 404),  # only the labeler holding the task
+        ),
+        "labeling:responses-new": Case(
+            "GET", lambda o: f"/labeling/projects/{o['project'].pk}/responses/", LABELING_MANAGE
+        ),
+        "labeling:agreement": Case(
+            "GET", lambda o: f"/labeling/projects/{o['project'].pk}/agreement/", LABELING_ANY
+        ),
+        "labeling:preference-export": Case(
+            "GET",
+            lambda o: f"/labeling/projects/{o['project'].pk}/preferences/export/",
+            LABELING_MANAGE,
+        ),
+        "labeling:preference-import": Case(
+            "GET",
+            lambda o: f"/labeling/projects/{o['project'].pk}/preferences/import/",
+            LABELING_MANAGE,
+        ),
         "labeling:snapshot-detail": Case(
             "GET", lambda o: f"/labeling/snapshots/{o['snapshot'].pk}/", PAGE_VIEW_RUNS
         ),
@@ -229,7 +251,7 @@ CASES.update(
         "api-next-task": Case(
             "POST",
             lambda o: f"/api/labeling/projects/{o['project'].pk}/next-task/",
-            codes(401, 204, 204, 403, 403, 204),  # 204: no task waiting
+            codes(401, 200, 204, 403, 403, 204),  # lena: her current task; others: none left
         ),
         "api-project-conversations": Case(
             "GET",
@@ -262,6 +284,12 @@ CASES.update(
             lambda o: f"/api/labeling/conversations/{o['conversation'].pk}/review/",
             codes(401, 403, 409, 403, 403, 409),  # 409: version 0 is stale
             lambda: {"decision": "approve", "version": 0},
+        ),
+        "api-ranking-submit": Case(
+            "POST",
+            lambda o: f"/api/labeling/tasks/{o['assignment'].pk}/ranking/",
+            codes(401, 201, 404, 403, 403, 404),  # only the labeler holding the task
+            lambda: {"order": [[1], [0]]},
         ),
         "api-snapshot-detail": Case(
             "GET", lambda o: f"/api/labeling/snapshots/{o['snapshot'].pk}/", API_VIEW_RUNS
@@ -309,8 +337,13 @@ def objects(people) -> Callable[[], dict[str, Any]]:
 
 def labeling_objects(people: dict[str, Any]) -> dict[str, Any]:
     """tom's project, lena's submitted conversation, and a snapshot of leo's approved one."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
     from labeling import data
     from labeling import services as labeling
+    from labeling.models import Assignment, Item
 
     project = labeling.project_create(user=people["tom"], name="p")
     messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
@@ -322,7 +355,23 @@ def labeling_objects(people: dict[str, Any]) -> dict[str, Any]:
         project=project, user=people["leo"], messages=messages, status="approved"
     )
     snapshot = data.snapshot_create(project=project, user=people["tom"], name="s")
-    return {"project": project, "conversation": conversation, "snapshot": snapshot}
+    ranked = Item.objects.create(
+        project=project,
+        kind="rank",
+        seed_messages=messages[:1],
+        responses=[{"text": "a"}, {"text": "b"}],
+        overlap=1,
+        taken=1,  # lena holds the only slot
+    )
+    assignment = Assignment.objects.create(
+        item=ranked, labeler=people["lena"], lease_expires_at=timezone.now() + timedelta(hours=1)
+    )
+    return {
+        "project": project,
+        "conversation": conversation,
+        "snapshot": snapshot,
+        "assignment": assignment,
+    }
 
 
 def call(client_for, persona: str, case: Case, objs: dict[str, Any]) -> int:

@@ -155,6 +155,38 @@ BUILTIN_KINDS = (
         result_template="training/results/sft.html",
     ),
     RunKind(
+        name="reward",
+        label="Reward model",
+        description=(
+            "Train a reward model on people's preferences with TRL's RewardTrainer: a score head "
+            "on a checkpoint learns to rank the chosen reply above the rejected one; held-out "
+            "pairwise accuracy is shown next to the labelers' own agreement ceiling."
+        ),
+        config_path="training.core.reward:RewardConfig",
+        entry_path="training.core.reward:run",
+        inputs=(
+            InputSpec("base", ArtifactKind.CHECKPOINT, "Base checkpoint"),
+            InputSpec("datasets", ArtifactKind.DATASET, "Preference snapshots", many=True),
+        ),
+        output_kind=ArtifactKind.CHECKPOINT,
+        result_template="training/results/reward.html",
+    ),
+    RunKind(
+        name="responses",
+        label="Responses to rank",
+        description=(
+            "Sample several replies per prompt from one or more checkpoints, for people to rank "
+            "or compare in the arena; their preferences train a reward model."
+        ),
+        config_path="training.core.respond:ResponsesConfig",
+        entry_path="training.core.respond:run",
+        inputs=(
+            InputSpec("checkpoints", ArtifactKind.CHECKPOINT, "Checkpoints", many=True),
+            InputSpec("prompts", ArtifactKind.DATASET, "Prompts"),
+        ),
+        output_kind=ArtifactKind.OUTPUT,
+    ),
+    RunKind(
         name="merge",
         label="Merge a LoRA adapter",
         description=(

@@ -100,3 +100,14 @@ def checkpoint_list() -> list[tuple[Artifact, list[Artifact]]]:
         "run", "created_by"
     )
     return [(c, lineage(c)) for c in checkpoints]
+
+
+def agreement_ceiling(run: Run) -> float | None:
+    """The labelers' agreement ceiling recorded on the run's preference snapshots, if any: the
+    accuracy a reward model trained on them is judged against."""
+    ceilings = [
+        a.meta.get("card", {}).get("agreement", {}).get("ceiling")
+        for a in run.input_artifacts.filter(kind=ArtifactKind.DATASET)
+    ]
+    known = [c for c in ceilings if isinstance(c, int | float)]
+    return sum(known) / len(known) if known else None

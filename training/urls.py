@@ -1,6 +1,13 @@
 from django.urls import path
 
-from training import compare_views, inspector_views, playground_views, tokenizer_views, views
+from training import (
+    compare_views,
+    inspector_views,
+    playground_views,
+    reward_views,
+    tokenizer_views,
+    views,
+)
 
 app_name = "training"
 
@@ -32,6 +39,7 @@ urlpatterns = [
     path("checkpoints/import/", views.checkpoint_import, name="checkpoint-import"),
     path("playground/", playground_views.playground, name="playground"),
     path("checkpoints/compare/", compare_views.compare, name="compare"),
+    path("reward/scores/", reward_views.score_explorer, name="score-explorer"),
     path(
         "tokenizers/playground/",
         tokenizer_views.tokenizer_playground,

@@ -141,6 +141,7 @@ def run_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "outputs": run.outputs.all(),
         "input_artifacts": run.input_artifacts.all(),
         "samples": selectors.samples_table(run),
+        "ceiling": selectors.agreement_ceiling(run),
     }
     if request.htmx:
         response = render(request, "training/run_detail.html#run-live", context)

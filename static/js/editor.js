@@ -19,6 +19,7 @@
   const csrf = form.querySelector("input[name=csrfmiddlewaretoken]").value;
   let dirty = false;
   let saving = false;
+  let submitAfterSave = null; // {submitter}: a form submission waiting for a running autosave
   let chatmlTimer = null;
 
   // --- reading and writing the turns ------------------------------------------------------
@@ -126,6 +127,11 @@
       setState("Offline? Not saved yet; your text is kept in this browser.");
     } finally {
       saving = false;
+      if (submitAfterSave) {
+        const { submitter } = submitAfterSave;
+        submitAfterSave = null;
+        form.requestSubmit(submitter); // now with the version the autosave got back
+      }
     }
   }
 
@@ -197,8 +203,10 @@
   }
 
   async function refreshChatml() {
-    const response = await fetch(form.dataset.chatmlUrl, { method: "POST", body: turnsForm() });
-    if (response.ok) chatml.innerHTML = await response.text(); // escaped by Django templates
+    try {
+      const response = await fetch(form.dataset.chatmlUrl, { method: "POST", body: turnsForm() });
+      if (response.ok) chatml.innerHTML = await response.text(); // escaped by Django templates
+    } catch (e) { /* offline: the view catches up on the next change */ }
   }
 
   async function togglePreview(node) {
@@ -207,8 +215,12 @@
     const body = new FormData();
     body.append("csrfmiddlewaretoken", csrf);
     body.append("text", node.querySelector("[name=content]").value);
-    const response = await fetch(form.dataset.previewUrl, { method: "POST", body });
-    box.innerHTML = response.ok ? await response.text() : ""; // sanitised by nh3 on the server
+    try {
+      const response = await fetch(form.dataset.previewUrl, { method: "POST", body });
+      box.innerHTML = response.ok ? await response.text() : ""; // sanitised by nh3 on the server
+    } catch (e) {
+      box.textContent = "The preview needs the server; it cannot be reached now.";
+    }
     box.hidden = false;
   }
 
@@ -269,7 +281,14 @@
 
   form.addEventListener("input", changed);
   form.addEventListener("change", changed);
-  form.addEventListener("submit", () => {
+  form.addEventListener("submit", (event) => {
+    if (saving) {
+      // An autosave has sent this text and will come back with a new version number: posting
+      // the form now would name the version it replaces and be refused as a conflict.
+      event.preventDefault();
+      submitAfterSave = { submitter: event.submitter };
+      return;
+    }
     // The server re-renders anything it refuses; the browser copy stays until a save succeeds.
     dirty = false;
   });
