@@ -172,6 +172,31 @@ BUILTIN_KINDS = (
         result_template="training/results/reward.html",
     ),
     RunKind(
+        name="ppo",
+        label="PPO against a reward model",
+        description=(
+            "Reinforcement learning from human feedback: the policy answers prompts, the reward "
+            "model scores the answers, and PPO (clipped policy and value losses, GAE, a KL "
+            "penalty to the starting model) makes high-scoring answers likelier. An independent "
+            "reward model watches for reward hacking."
+        ),
+        config_path="training.core.ppo:PPOConfig",
+        entry_path="training.core.ppo:run",
+        inputs=(
+            InputSpec("policy", ArtifactKind.CHECKPOINT, "Policy (an SFT checkpoint)"),
+            InputSpec("reward", ArtifactKind.CHECKPOINT, "Reward model"),
+            InputSpec("prompts", ArtifactKind.DATASET, "Prompts", many=True),
+            InputSpec(
+                "monitor",
+                ArtifactKind.CHECKPOINT,
+                "Independent reward model (monitor)",
+                required=False,
+            ),
+        ),
+        output_kind=ArtifactKind.CHECKPOINT,
+        result_template="training/results/ppo.html",
+    ),
+    RunKind(
         name="responses",
         label="Responses to rank",
         description=(

@@ -97,3 +97,81 @@ def funnel_chart(title: str, counts: list[tuple[str, int]]) -> dict[str, Any]:
         "height": len(rows) * row_height + 8,
         "label_x": label_width - 6,
     }
+
+
+@register.inclusion_tag("training/_multi_line_chart.html")
+def multi_line_chart(
+    title: str,
+    series: dict[str, list[tuple[float, float]]],
+    x_label: str = "step",
+    marker_x: float | None = None,
+    marker_label: str = "",
+) -> dict[str, Any]:
+    """Several (x, y) lines on one shared scale, with an optional vertical marker: how two
+    measures move together (a reward against KL, the training score against an independent
+    one)."""
+    xs = [x for points in series.values() for x, _ in points] or [0.0]
+    ys = [y for points in series.values() for _, y in points] or [0.0]
+    x0, x1 = min(xs), max(xs)
+    y0, y1 = min(ys), max(ys)
+    if y1 == y0:
+        y0, y1 = y0 - 0.5, y1 + 0.5
+    plot_w, plot_h = WIDTH - PAD_LEFT - 8, HEIGHT - PAD_BOTTOM - PAD_TOP
+
+    def x_of(x: float) -> float:
+        return PAD_LEFT + (plot_w * (x - x0) / (x1 - x0) if x1 > x0 else plot_w / 2)
+
+    def y_of(y: float) -> float:
+        return PAD_TOP + plot_h * (1 - (y - y0) / (y1 - y0))
+
+    lines = [
+        {
+            "label": label,
+            "css": f"c{index % 4}",
+            "points": " ".join(f"{x_of(x):.1f},{y_of(y):.1f}" for x, y in sorted(points)),
+        }
+        for index, (label, points) in enumerate(series.items())
+        if points
+    ]
+    marker = None
+    if marker_x is not None and x0 <= marker_x <= x1:
+        marker = {"x": f"{x_of(marker_x):.1f}", "label": marker_label}
+    return {
+        "title": title,
+        "lines": lines,
+        "marker": marker,
+        "x_label": x_label,
+        "width": WIDTH,
+        "height": HEIGHT,
+        "x_min": x0,
+        "x_max": x1,
+        "y_min": y0,
+        "y_max": y1,
+        "left": PAD_LEFT,
+        "bottom": HEIGHT - PAD_BOTTOM,
+        "right": WIDTH - 8,
+        "top": PAD_TOP,
+    }
+
+
+@register.simple_tag
+def series_from_points(points: list[dict], x_key: str, **labels: str) -> dict[str, list]:
+    """``{label: [(point[x_key], point[y_key]), ...]}`` for ``label=y_key`` pairs, skipping
+    points where either is missing: turns recorded dicts into chart lines."""
+    series: dict[str, list[tuple[float, float]]] = {}
+    for y_key, label in labels.items():
+        series[label] = [
+            (p[x_key], p[y_key])
+            for p in points or []
+            if isinstance(p.get(x_key), int | float) and isinstance(p.get(y_key), int | float)
+        ]
+    return series
+
+
+@register.simple_tag
+def value_at(points: list[dict], step: Any, key: str) -> Any:
+    """``point[key]`` of the point recorded at ``step`` (None when there is none)."""
+    for point in points or []:
+        if point.get("step") == step:
+            return point.get(key)
+    return None
