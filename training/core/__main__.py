@@ -25,6 +25,9 @@ STAGES: dict[str, tuple[str, str]] = {
     "corpus": ("training.core.pipeline.run", "CorpusConfig"),
     "pretrain": ("training.core.pretrain", "PretrainConfig"),
     "sft": ("training.core.sft", "SFTConfig"),
+    "reward": ("training.core.reward", "RewardConfig"),
+    "ppo": ("training.core.ppo", "PPOConfig"),
+    "grpo": ("training.core.grpo", "GRPOConfig"),
 }
 
 
