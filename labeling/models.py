@@ -314,6 +314,51 @@ class ResponseBatch(models.Model):
         return f"{self.get_kind_display()} batch #{self.pk} (run #{self.run_id})"
 
 
+class ProblemStatus(models.TextChoices):
+    SUBMITTED = "submitted", "Waiting for review"
+    APPROVED = "approved", "Approved"
+    REJECTED = "rejected", "Rejected"
+
+
+class Problem(models.Model):
+    """A question with a checkable answer, for reinforcement learning with verifiable rewards.
+
+    ``checker`` is one of ``training.core.checkers.CHECKERS``: the answer is a number, a choice
+    letter among ``choices``, or anything ``checker_code``'s ``check(answer)`` accepts."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="problems")
+    question = models.TextField()
+    answer = models.CharField(max_length=500)
+    checker = models.CharField(max_length=16, default="number")
+    choices = models.JSONField(default=list, blank=True)
+    checker_code = models.TextField(blank=True)
+    solution = models.TextField(blank=True)
+    source = models.CharField(max_length=40, default="labeler")
+    author = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    status = models.CharField(
+        max_length=16, choices=ProblemStatus.choices, default=ProblemStatus.SUBMITTED
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [models.Index(fields=["project", "status"])]
+
+    def __str__(self) -> str:
+        return f"Problem #{self.pk}"
+
+    def as_record(self) -> dict:
+        """The problem as ``training.core.problems`` reads it."""
+        record = {"question": self.question, "answer": self.answer, "checker": self.checker}
+        if self.choices:
+            record["choices"] = self.choices
+        if self.checker_code:
+            record["checker_code"] = self.checker_code
+        return record
+
+
 class SnapshotKind(models.TextChoices):
     SFT = "sft", "Conversations (SFT)"
     PREFERENCE = "preference", "Preference pairs"

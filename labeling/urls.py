@@ -1,6 +1,6 @@
 from django.urls import path
 
-from labeling import editor_views, ranking_views, views
+from labeling import editor_views, problem_views, ranking_views, views
 
 app_name = "labeling"
 
@@ -35,6 +35,23 @@ urlpatterns = [
     ),
     path("preview/", editor_views.markdown_preview, name="markdown-preview"),
     path("tasks/<int:pk>/rank/", ranking_views.task_rank, name="task-rank"),
+    path("projects/<int:pk>/problems/", problem_views.problems, name="problems"),
+    path(
+        "projects/<int:pk>/problems/generate/",
+        problem_views.problems_generate,
+        name="problems-generate",
+    ),
+    path(
+        "projects/<int:pk>/problems/import/", problem_views.problems_import, name="problems-import"
+    ),
+    path(
+        "projects/<int:pk>/problems/export/", problem_views.problems_export, name="problems-export"
+    ),
+    path(
+        "projects/<int:pk>/problems/<int:problem_pk>/review/",
+        problem_views.problem_review,
+        name="problem-review",
+    ),
     path("projects/<int:pk>/responses/", ranking_views.responses_new, name="responses-new"),
     path("projects/<int:pk>/agreement/", ranking_views.project_agreement, name="agreement"),
     path(

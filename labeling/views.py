@@ -368,7 +368,10 @@ def conversation_import(request: HttpRequest, pk: int) -> HttpResponse:
 @require_http_methods(["GET", "POST"])
 def snapshot_new(request: HttpRequest, pk: int) -> HttpResponse:
     project = get_object_or_404(Project, pk=pk)
-    initial = {"name": f"{project.name} {timezone.now():%Y-%m-%d %H:%M}"}
+    stamp = f" {timezone.now():%Y-%m-%d %H:%M}"
+    # a project name may use all 200 characters a snapshot name has: shorten it, keep the date
+    limit = ExportForm.base_fields["name"].max_length - len(stamp)
+    initial = {"name": f"{project.name[:limit]}{stamp}"}
     form = ExportForm(request.POST or None, initial=initial)
     tags = split_tags(request.POST.get("tags", "") or request.GET.get("tags", ""))
     approved = data.approved_conversations(project=project, tags=tags)

@@ -214,6 +214,29 @@ CASES.update(
             lambda o: f"/labeling/tasks/{o['assignment'].pk}/rank/",
             codes(302, 200, 404, 403, 403, 404),  # only the labeler holding the task
         ),
+        "labeling:problems": Case(
+            "GET", lambda o: f"/labeling/projects/{o['project'].pk}/problems/", LABELING_ANY
+        ),
+        "labeling:problems-generate": Case(
+            "POST",
+            lambda o: f"/labeling/projects/{o['project'].pk}/problems/generate/",
+            codes(302, 403, 403, 302, 302, 302),
+        ),
+        "labeling:problems-import": Case(
+            "POST",
+            lambda o: f"/labeling/projects/{o['project'].pk}/problems/import/",
+            codes(302, 403, 403, 302, 302, 302),
+        ),
+        "labeling:problems-export": Case(
+            "POST",
+            lambda o: f"/labeling/projects/{o['project'].pk}/problems/export/",
+            codes(302, 403, 403, 302, 302, 302),
+        ),
+        "labeling:problem-review": Case(
+            "POST",
+            lambda o: f"/labeling/projects/{o['project'].pk}/problems/{o['problem'].pk}/review/",
+            codes(302, 403, 302, 403, 403, 302),
+        ),
         "labeling:responses-new": Case(
             "GET", lambda o: f"/labeling/projects/{o['project'].pk}/responses/", LABELING_MANAGE
         ),
@@ -343,7 +366,7 @@ def labeling_objects(people: dict[str, Any]) -> dict[str, Any]:
 
     from labeling import data
     from labeling import services as labeling
-    from labeling.models import Assignment, Item
+    from labeling.models import Assignment, Item, Problem
 
     project = labeling.project_create(user=people["tom"], name="p")
     messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
@@ -366,7 +389,11 @@ def labeling_objects(people: dict[str, Any]) -> dict[str, Any]:
     assignment = Assignment.objects.create(
         item=ranked, labeler=people["lena"], lease_expires_at=timezone.now() + timedelta(hours=1)
     )
+    problem = Problem.objects.create(
+        project=project, question="1+1?", answer="2", author=people["lena"]
+    )
     return {
+        "problem": problem,
         "project": project,
         "conversation": conversation,
         "snapshot": snapshot,

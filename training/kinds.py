@@ -197,6 +197,39 @@ BUILTIN_KINDS = (
         result_template="training/results/ppo.html",
     ),
     RunKind(
+        name="grpo",
+        label="GRPO on problems with checkable answers",
+        description=(
+            "Reinforcement learning with verifiable rewards: the model samples several solutions "
+            "per problem, Orchard's checker marks the correct ones, and GRPO (TRL) makes them "
+            "likelier. Watch the reward, the held-out pass@1 and the answer length grow."
+        ),
+        config_path="training.core.grpo:GRPOConfig",
+        entry_path="training.core.grpo:run",
+        inputs=(
+            InputSpec("base", ArtifactKind.CHECKPOINT, "Starting checkpoint"),
+            InputSpec("problems", ArtifactKind.DATASET, "Problem snapshots", many=True),
+        ),
+        output_kind=ArtifactKind.CHECKPOINT,
+        result_template="training/results/grpo.html",
+    ),
+    RunKind(
+        name="evaluate",
+        label="Evaluate checkpoints on problems",
+        description=(
+            "Several checkpoints answer the same held-out problems: pass@1 (greedy) and pass@k "
+            "side by side, e.g. base, SFT and RL."
+        ),
+        config_path="training.core.evaluate:EvaluateConfig",
+        entry_path="training.core.evaluate:run",
+        inputs=(
+            InputSpec("checkpoints", ArtifactKind.CHECKPOINT, "Checkpoints", many=True),
+            InputSpec("problems", ArtifactKind.DATASET, "Problem snapshots", many=True),
+        ),
+        output_kind=ArtifactKind.OUTPUT,
+        result_template="training/results/evaluate.html",
+    ),
+    RunKind(
         name="responses",
         label="Responses to rank",
         description=(

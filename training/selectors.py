@@ -111,3 +111,49 @@ def agreement_ceiling(run: Run) -> float | None:
     ]
     known = [c for c in ceilings if isinstance(c, int | float)]
     return sum(known) / len(known) if known else None
+
+
+def result_view(run: Run) -> dict[str, Any]:
+    """The run's result for templates, which cannot read keys such as ``val_pass@1_after``:
+    ``@`` becomes ``_at_``."""
+    return {str(k).replace("@", "_at_"): v for k, v in (run.result or {}).items()}
+
+
+def latest_rollouts(run: Run) -> dict[str, Any] | None:
+    """The newest sampled solutions of an RL run, each problem with its count of correct ones."""
+    record = RunRecord.objects.filter(run=run, name="rollouts").order_by("-step").first()
+    if record is None:
+        return None
+    problems = [
+        {**p, "correct": sum(1 for s in p.get("samples", []) if s.get("correct"))}
+        for p in record.payload.get("problems", [])
+    ]
+    return {"step": record.step, "problems": problems}
+
+
+def evaluation_table(run: Run) -> dict[str, Any]:
+    """Rows of an ``evaluate`` run's result, each named by its checkpoint artifact."""
+    if run.kind != "evaluate" or not run.result:
+        return {}
+    ids = list((run.inputs or {}).get("checkpoints", []))
+    artifacts = Artifact.objects.in_bulk(ids)
+    rows = []
+    for row in run.result.get("checkpoints", []):
+        index = row.get("checkpoint", 0)
+        artifact = artifacts.get(ids[index]) if index < len(ids) else None
+        rows.append(
+            {
+                "artifact": artifact,
+                "checkpoint": index,
+                "pass1": row.get("pass@1"),
+                "passk": row.get("pass@k"),
+                "accuracy": row.get("accuracy"),
+                "scored": row.get("scored"),
+            }
+        )
+    bars = [
+        (r["artifact"].name[:24] if r["artifact"] else f"#{r['checkpoint']}",
+         round(100 * (r["pass1"] or 0)))
+        for r in rows
+    ]  # fmt: skip
+    return {"evaluation": rows, "evaluation_bars": bars}

@@ -142,6 +142,9 @@ def run_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "input_artifacts": run.input_artifacts.all(),
         "samples": selectors.samples_table(run),
         "ceiling": selectors.agreement_ceiling(run),
+        "result": selectors.result_view(run),
+        "rollouts": selectors.latest_rollouts(run),
+        **selectors.evaluation_table(run),
     }
     if request.htmx:
         response = render(request, "training/run_detail.html#run-live", context)

@@ -71,3 +71,52 @@ def test_ppo_run_shows_the_reward_hacking_monitor(client_for, people, rl_inputs)
     page = client_for("tom").get(f"/runs/{run.pk}/").content.decode()
     assert "Reward hacking monitor" in page and "Scores against KL" in page
     assert "independent reward model" in page and "<polyline" in page
+
+
+def test_grpo_and_evaluate_runs(client_for, people, tiny_checkpoint) -> None:
+    from labeling import problem_bank
+    from labeling import services as labeling
+
+    project = labeling.project_create(user=people["tom"], name="arithmetic")
+    problem_bank.problems_generate(project=project, user=people["tom"], count=24, difficulty=1,
+                                   seed=0)  # fmt: skip
+    snapshot = problem_bank.problem_snapshot_create(
+        project=project, user=people["tom"], name="sums", validation_fraction=0.25
+    )
+    run = services.run_create(
+        kind="grpo",
+        config={
+            "max_steps": 2,
+            "num_generations": 4,
+            "batch_size": 8,
+            "max_completion_length": 8,
+            "eval_problems": 4,
+            "eval_k": 2,
+            "eval_samples": 2,
+            "sample_every": 1,
+            "device": "cpu",
+        },
+        inputs={"base": [tiny_checkpoint.pk], "problems": [snapshot.artifact.pk]},
+        user=people["tom"],
+    )
+    outcome = services.run_execute(run_id=run.pk)
+    run.refresh_from_db()
+    assert outcome == "succeeded", run.error
+    tuned = Artifact.objects.get(run=run)
+    assert tuned.meta["stage"] == "grpo"
+    tom = client_for("tom")
+    page = tom.get(f"/runs/{run.pk}/").content.decode()
+    assert "Held-out pass@1" in page and "Sampled solutions at step" in page
+    assert "Compare pass@1 with its starting checkpoint" in page
+
+    evaluation = services.run_create(
+        kind="evaluate",
+        config={"max_problems": 4, "k": 2, "max_new_tokens": 6},
+        inputs={"checkpoints": [tiny_checkpoint.pk, tuned.pk], "problems": [snapshot.artifact.pk]},
+        user=people["tom"],
+    )
+    assert services.run_execute(run_id=evaluation.pk) == "succeeded"
+    evaluation.refresh_from_db()
+    assert len(evaluation.result["checkpoints"]) == 2
+    table = tom.get(f"/runs/{evaluation.pk}/").content.decode()
+    assert "pass@1 per checkpoint" in table and tuned.name in table
