@@ -22,7 +22,6 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from labeling import drafting, services
 from labeling.models import Conversation, ConversationStatus, Review
-from labeling.rendering import render_markdown
 from labeling.turns import (
     EDITOR_ROLES,
     ROLE_LABELS,
@@ -30,6 +29,7 @@ from labeling.turns import (
     messages_to_turns,
     turns_to_messages,
 )
+from webapp.rendering import render_markdown
 from webapp.roles import Capability, role_required, user_can
 
 MAX_PREVIEW_CHARS = 100_000

@@ -17,10 +17,10 @@ from django.views.decorators.http import require_GET, require_http_methods
 
 from labeling import ranking
 from labeling.models import Assignment, AssignmentStatus, Project, ResponseBatch, TaskKind
-from labeling.rendering import render_markdown
 from labeling.services import LabelingRefused
 from labeling.turns import messages_to_turns
 from training.models import Artifact, ArtifactKind
+from webapp.rendering import render_markdown
 from webapp.roles import Capability, role_required, user_can
 
 MAX_PROMPTS = 500

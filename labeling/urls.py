@@ -1,6 +1,6 @@
 from django.urls import path
 
-from labeling import editor_views, problem_views, ranking_views, views
+from labeling import chat_feedback, editor_views, problem_views, ranking_views, views
 
 app_name = "labeling"
 
@@ -35,6 +35,12 @@ urlpatterns = [
     ),
     path("preview/", editor_views.markdown_preview, name="markdown-preview"),
     path("tasks/<int:pk>/rank/", ranking_views.task_rank, name="task-rank"),
+    path(
+        "from-chat/<int:message_pk>/correction/",
+        chat_feedback.chat_correction,
+        name="chat-correction",
+    ),
+    path("from-chat/<int:message_pk>/rank/", chat_feedback.chat_rank, name="chat-rank"),
     path("projects/<int:pk>/problems/", problem_views.problems, name="problems"),
     path(
         "projects/<int:pk>/problems/generate/",

@@ -37,8 +37,8 @@ from labeling.models import (
     Review,
     Snapshot,
 )
-from labeling.rendering import render_markdown
 from labeling.turns import TurnError, messages_to_turns, turns_to_messages
+from webapp.rendering import render_markdown
 from webapp.roles import Capability, role_required, user_can
 
 ANY_LABELING = (Capability.LABEL, Capability.REVIEW, Capability.MANAGE_PROJECTS)

@@ -16,7 +16,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import URLPattern, URLResolver, get_resolver
 
 from training import services, uploads
-from training.models import Run, RunStatus
+from training.models import ChatMessage, ChatSession, Run, RunStatus
 
 pytestmark = pytest.mark.django_db
 
@@ -91,6 +91,36 @@ CASES: dict[str, Case] = {
     "training:playground": Case("GET", lambda o: "/playground/", EVERYONE),
     "training:compare": Case("GET", lambda o: "/checkpoints/compare/", EVERYONE),
     "training:score-explorer": Case("GET", lambda o: "/reward/scores/", PAGE_VIEW_RUNS),
+    "training:chat": Case("GET", lambda o: "/chat/", EVERYONE),
+    # lena's chat: only she may open or act on it (404 for everyone else, not 403: a chat's
+    # existence is private too).
+    "training:chat-session": Case(
+        "GET", lambda o: f"/chat/{o['chat'].pk}/", codes(302, 200, 404, 404, 404, 404)
+    ),
+    "training:chat-send": Case(
+        "POST", lambda o: f"/chat/{o['chat'].pk}/send/", codes(302, 302, 404, 404, 404, 404)
+    ),
+    "training:chat-settings": Case(
+        "POST", lambda o: f"/chat/{o['chat'].pk}/settings/", codes(302, 302, 404, 404, 404, 404)
+    ),
+    "training:chat-delete": Case(
+        "POST", lambda o: f"/chat/{o['chat'].pk}/delete/", codes(302, 302, 404, 404, 404, 404)
+    ),
+    "training:chat-regenerate": Case(
+        "POST",
+        lambda o: f"/chat/{o['chat'].pk}/messages/{o['reply'].pk}/regenerate/",
+        codes(302, 302, 404, 404, 404, 404),
+    ),
+    "training:chat-show": Case(
+        "POST",
+        lambda o: f"/chat/{o['chat'].pk}/messages/{o['reply'].pk}/show/",
+        codes(302, 302, 404, 404, 404, 404),
+    ),
+    "training:chat-feedback": Case(
+        "POST",
+        lambda o: f"/chat/{o['chat'].pk}/messages/{o['reply'].pk}/feedback/",
+        codes(302, 302, 404, 404, 404, 404),
+    ),
     "training:tokenizer-playground": Case("GET", lambda o: "/tokenizers/playground/", EVERYONE),
     "training:playground-stream": Case(
         "POST", lambda o: "/playground/stream/", codes(302, 400, 400, 400, 400, 400)
@@ -209,6 +239,16 @@ CASES.update(
             LABELING_ANY,
         ),
         "labeling:markdown-preview": Case("POST", lambda o: "/labeling/preview/", LABELING_ANY),
+        "labeling:chat-correction": Case(
+            "POST",
+            lambda o: f"/labeling/from-chat/{o['reply'].pk}/correction/",
+            codes(302, 302, 404, 404, 404, 404),
+        ),
+        "labeling:chat-rank": Case(
+            "POST",
+            lambda o: f"/labeling/from-chat/{o['reply'].pk}/rank/",
+            codes(302, 302, 404, 404, 404, 404),
+        ),
         "labeling:task-rank": Case(
             "GET",
             lambda o: f"/labeling/tasks/{o['assignment'].pk}/rank/",
@@ -319,6 +359,21 @@ CASES.update(
         ),
     }
 )
+# The OpenAI-compatible API (/v1/): everyone who may chat; 400 for the empty request body,
+# 404 for a model that does not exist.
+CASES.update(
+    {
+        "openai-model-list": Case(
+            "GET", lambda o: "/v1/models", codes(401, 200, 200, 200, 200, 200)
+        ),
+        "openai-model-detail": Case(
+            "GET", lambda o: "/v1/models/orchard-0", codes(401, 404, 404, 404, 404, 404)
+        ),
+        "openai-chat-completions": Case(
+            "POST", lambda o: "/v1/chat/completions", codes(401, 400, 400, 400, 400, 400)
+        ),
+    }
+)
 # Launching through the API, separately from listing (same route, another capability).
 API_CREATE = Case(
     "POST",
@@ -353,7 +408,19 @@ def objects(people) -> Callable[[], dict[str, Any]]:
         run = services.run_create(kind="countdown", config={}, inputs={}, user=tom)
         failed = services.run_create(kind="countdown", config={}, inputs={}, user=tom)
         Run.objects.filter(pk=failed.pk).update(status=RunStatus.FAILED)
-        return {"corpus": corpus, "run": run, "failed": failed, **labeling_objects(people)}
+        chat = ChatSession.objects.create(user=people["lena"], title="mine")
+        question = ChatMessage.objects.create(session=chat, role="user", content="Hi")
+        reply = ChatMessage.objects.create(
+            session=chat, parent=question, role="assistant", content="Hello"
+        )
+        return {
+            "corpus": corpus,
+            "run": run,
+            "failed": failed,
+            "chat": chat,
+            "reply": reply,
+            **labeling_objects(people),
+        }
 
     return make
 

@@ -15,6 +15,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import asdict, is_dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -167,3 +168,122 @@ def chat_prompts(artifact: Artifact, conversations: list[list[dict]]) -> list[st
 
     tokenizer = engine_cache().get(artifact, adapter_base_path(artifact)).tokenizer
     return [chat_prompt(tokenizer, messages) for messages in conversations]
+
+
+# --- chat ---------------------------------------------------------------------------------------
+
+_per_user: dict[int, int] = {}
+_per_user_lock = threading.Lock()
+
+
+class _UserSlot:
+    """At most ``ORCHARD_MAX_GENERATIONS_PER_USER`` generations per person in this process, so
+    one person with many tabs cannot take every slot."""
+
+    def __init__(self, user_id: int) -> None:
+        self.user_id = user_id
+
+    def __enter__(self) -> _UserSlot:
+        with _per_user_lock:
+            if _per_user.get(self.user_id, 0) >= settings.ORCHARD_MAX_GENERATIONS_PER_USER:
+                raise Busy(retry_after=settings.ORCHARD_GENERATION_RETRY_AFTER_SECONDS)
+            _per_user[self.user_id] = _per_user.get(self.user_id, 0) + 1
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with _per_user_lock:
+            _per_user[self.user_id] -= 1
+
+
+def user_slot(user_id: int) -> _UserSlot:
+    return _UserSlot(user_id)
+
+
+def stream_chat(
+    *, artifact: Artifact, messages: list[dict], params: Any, tools: bool = False
+) -> Iterator[dict]:
+    """Like :func:`stream_generation`, for one chat reply: ``token`` events, with tools also
+    ``tool_call`` and ``tool_result`` events, and a final ``done`` with ``messages`` (the new
+    assistant and tool turns) and ``finish_reason``. The conversation must already fit the
+    context window (see ``training.core.chat.fit_messages``)."""
+    slots = generation_slots()
+    if not slots.acquire(blocking=False):
+        raise Busy(retry_after=settings.ORCHARD_GENERATION_RETRY_AFTER_SECONDS)
+    try:
+        base_path = adapter_base_path(artifact)
+    except Exception:
+        slots.release()
+        raise
+    events: queue.Queue[dict] = queue.Queue()
+    stop = threading.Event()
+
+    def work() -> None:
+        try:
+            engine = engine_cache().get(artifact, base_path)
+            events.put(
+                {"event": "done", **_chat_reply(engine, messages, params, tools, events, stop)}
+            )
+        except Exception as exc:  # shown to the person; the server keeps serving
+            logger.exception("chat generation failed for checkpoint %s", artifact.pk)
+            events.put({"event": "error", "message": f"{type(exc).__name__}: {exc}"})
+        finally:
+            slots.release()
+
+    thread = threading.Thread(target=work, name=f"chat-{artifact.pk}", daemon=True)
+    thread.start()
+    try:
+        while True:
+            event = events.get()
+            yield event
+            if event["event"] in ("done", "error"):
+                return
+    finally:
+        stop.set()
+
+
+def _chat_reply(
+    engine: Any, messages: list[dict], params: Any, tools: bool, events: queue.Queue, stop: Any
+) -> dict:
+    if tools:
+        from training.core.tools import generate_with_tools
+
+        run = generate_with_tools(
+            engine, messages, params, on_event=events.put, should_stop=stop.is_set
+        )
+        return {"messages": run.messages, "finish_reason": run.finish_reason}
+    from training.core.generate import chat_prompt
+
+    prompt = chat_prompt(engine.tokenizer, messages)
+    (completion,) = engine.generate(
+        [prompt],
+        params,
+        on_token=lambda e: events.put({"event": "token", "text": e.text}),
+        should_stop=stop.is_set,
+    )
+    reply = {"role": "assistant", "content": completion.text}
+    return {
+        "messages": [reply],
+        "finish_reason": completion.finish_reason,
+        "tokens": len(completion.token_ids),
+    }
+
+
+def context_window(artifact: Artifact) -> int:
+    """The checkpoint's context window, from its config (an adapter's: its base's)."""
+    import json
+
+    folder = adapter_base_path(artifact) or artifact.abspath()
+    config = json.loads((folder / "config.json").read_text())
+    return int(config.get("max_position_embeddings") or 2048)
+
+
+def tokenizer_for(artifact: Artifact) -> Any:
+    """The checkpoint's tokenizer alone (fast to load: no weights), cached per process."""
+    return _tokenizer(artifact.pk, artifact.sha256, str(artifact.abspath()))
+
+
+@lru_cache(maxsize=8)
+def _tokenizer(pk: int, sha256: str, folder: str) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=False)

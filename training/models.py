@@ -216,3 +216,69 @@ class WorkerHeartbeat(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class ChatSession(models.Model):
+    """One person's conversation with checkpoints. Messages form a tree (an edited question or a
+    regenerated answer is a sibling), and ``leaf`` marks the branch on screen."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="chat_sessions"
+    )
+    title = models.CharField(max_length=200, blank=True)
+    checkpoint = models.ForeignKey(
+        Artifact, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    system_prompt = models.TextField(blank=True)
+    temperature = models.FloatField(default=0.7)
+    top_p = models.FloatField(default=0.95)
+    max_new_tokens = models.PositiveIntegerField(default=256)
+    tools = models.BooleanField(default=False)
+    leaf = models.ForeignKey(
+        "ChatMessage", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-updated_at", "-id"]
+
+    def __str__(self) -> str:
+        return self.title or f"Chat #{self.pk}"
+
+    def get_absolute_url(self) -> str:
+        return reverse("training:chat-session", args=[self.pk])
+
+
+class ChatMessage(models.Model):
+    class Feedback(models.TextChoices):
+        UP = "up", "Good answer"
+        DOWN = "down", "Bad answer"
+
+    session = models.ForeignKey(ChatSession, on_delete=models.CASCADE, related_name="messages")
+    parent = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.CASCADE, related_name="children"
+    )
+    role = models.CharField(max_length=16)
+    content = models.TextField(blank=True)
+    tool_calls = models.JSONField(default=list, blank=True)
+    checkpoint = models.ForeignKey(
+        Artifact, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    finish_reason = models.CharField(max_length=16, blank=True)
+    tokens = models.PositiveIntegerField(default=0)
+    feedback = models.CharField(max_length=8, choices=Feedback.choices, blank=True)
+    feedback_reason = models.CharField(max_length=500, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.role} message #{self.pk}"
+
+    def as_message(self) -> dict:
+        message: dict = {"role": self.role, "content": self.content}
+        if self.tool_calls:
+            message["tool_calls"] = self.tool_calls
+        return message

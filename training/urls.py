@@ -1,6 +1,7 @@
 from django.urls import path
 
 from training import (
+    chat_views,
     compare_views,
     inspector_views,
     playground_views,
@@ -40,6 +41,22 @@ urlpatterns = [
     path("playground/", playground_views.playground, name="playground"),
     path("checkpoints/compare/", compare_views.compare, name="compare"),
     path("reward/scores/", reward_views.score_explorer, name="score-explorer"),
+    path("chat/", chat_views.chat_home, name="chat"),
+    path("chat/<int:pk>/", chat_views.chat_session, name="chat-session"),
+    path("chat/<int:pk>/send/", chat_views.chat_send, name="chat-send"),
+    path("chat/<int:pk>/settings/", chat_views.chat_settings, name="chat-settings"),
+    path("chat/<int:pk>/delete/", chat_views.chat_delete, name="chat-delete"),
+    path(
+        "chat/<int:pk>/messages/<int:message_pk>/regenerate/",
+        chat_views.chat_regenerate,
+        name="chat-regenerate",
+    ),
+    path("chat/<int:pk>/messages/<int:message_pk>/show/", chat_views.chat_show, name="chat-show"),
+    path(
+        "chat/<int:pk>/messages/<int:message_pk>/feedback/",
+        chat_views.chat_feedback,
+        name="chat-feedback",
+    ),
     path(
         "tokenizers/playground/",
         tokenizer_views.tokenizer_playground,

@@ -155,6 +155,7 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
                 "webapp.roles.role_context",
+                "labeling.chat_feedback.projects_context",
             ],
         },
     }
@@ -325,6 +326,7 @@ ORCHARD_ENGINE_CACHE_SIZE = env_int("ORCHARD_ENGINE_CACHE_SIZE", 2)  # models ke
 ORCHARD_MAX_CONCURRENT_GENERATIONS = env_int("ORCHARD_MAX_CONCURRENT_GENERATIONS", 2)
 ORCHARD_GENERATION_RETRY_AFTER_SECONDS = env_int("ORCHARD_GENERATION_RETRY_AFTER_SECONDS", 5)
 ORCHARD_MAX_NEW_TOKENS = env_int("ORCHARD_MAX_NEW_TOKENS", 512)  # server-side cap
+ORCHARD_MAX_GENERATIONS_PER_USER = env_int("ORCHARD_MAX_GENERATIONS_PER_USER", 2)
 
 LOGGING = {
     "version": 1,

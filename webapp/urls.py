@@ -16,5 +16,6 @@ urlpatterns = [
     path("api/", include("training.api_urls")),
     path("api/labeling/", include("labeling.api_urls")),
     path("labeling/", include("labeling.urls")),
+    path("v1/", include("training.openai_urls")),
     path("", include("training.urls")),
 ]

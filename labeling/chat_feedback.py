@@ -1,0 +1,106 @@
+"""What people see in the chat becomes training data: a corrected answer becomes a conversation
+for review, and several regenerated answers become a ranking task.
+
+Both start on a ``training`` page (the chat) and post here, so imports keep flowing one way.
+Each new record names the chat message and checkpoint it came from.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from django.contrib import messages as flash
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect
+from django.utils.functional import SimpleLazyObject
+from django.views.decorators.http import require_POST
+
+from labeling import services
+from labeling.models import ConversationStatus, Item, Project, TaskKind
+from training import chat
+from training.models import ChatMessage
+from webapp.roles import Capability, role_required, user_can
+
+FEEDBACK_PROJECT = "Chat feedback"
+
+
+def projects_context(request: HttpRequest) -> dict[str, Any]:
+    """Template context: the labeling projects chat feedback can go to (queried only if used)."""
+    return {"labeling_projects": SimpleLazyObject(lambda: list(Project.objects.only("id", "name")))}
+
+
+def _target_project(request: HttpRequest) -> Project:
+    chosen = request.POST.get("project", "")
+    if chosen.isdigit():
+        return get_object_or_404(Project, pk=int(chosen))
+    project = Project.objects.filter(name=FEEDBACK_PROJECT).order_by("pk").first()
+    return project or services.project_create(
+        user=request.user,
+        name=FEEDBACK_PROJECT,
+        description="Corrections and rankings sent from the chat page.",
+    )
+
+
+def _own_message(request: HttpRequest, pk: int) -> ChatMessage:
+    return get_object_or_404(
+        ChatMessage.objects.select_related("session", "checkpoint"),
+        pk=pk,
+        session__user=request.user,
+        role="assistant",
+    )
+
+
+@role_required(Capability.CHAT)
+@require_POST
+def chat_correction(request: HttpRequest, message_pk: int) -> HttpResponse:
+    message = _own_message(request, message_pk)
+    better = request.POST.get("content", "").strip()
+    if not better:
+        flash.error(request, "Write the better answer first.")
+        return redirect(message.session)
+    session = message.session
+    question = chat.reply_parent(message)
+    history = chat.model_messages(session, chat.branch(session, question))
+    conversation = services.conversation_create(
+        project=_target_project(request),
+        user=request.user,
+        messages=[*history, {"role": "assistant", "content": better}],
+        tags=["chat-correction"],
+        source="chat",
+        status=ConversationStatus.SUBMITTED,
+    )
+    conversation.source_id = f"chat message {message.pk}, checkpoint {message.checkpoint_id}"
+    conversation.save(update_fields=["source_id"])
+    flash.success(request, f"Sent for review as conversation #{conversation.pk}. Thank you!")
+    return redirect(session)
+
+
+@role_required(Capability.CHAT)
+@require_POST
+def chat_rank(request: HttpRequest, message_pk: int) -> HttpResponse:
+    message = _own_message(request, message_pk)
+    session = message.session
+    answers = chat.siblings(message)
+    if len(answers) < 2:
+        flash.error(request, "Regenerate at least once: a ranking needs two answers or more.")
+        return redirect(session)
+    if not (user_can(request.user, Capability.LABEL) or user_can(request.user, Capability.CHAT)):
+        flash.error(request, "Your role may not create ranking tasks.")
+        return redirect(session)
+    question = chat.reply_parent(message)
+    project = _target_project(request)
+    responses = [
+        {"text": a.content, "checkpoint": a.checkpoint_id, "chat_message": a.pk} for a in answers
+    ]
+    random.Random(f"chat:{question.pk}").shuffle(responses)
+    Item.objects.create(
+        project=project,
+        kind=TaskKind.RANK,
+        seed_messages=chat.model_messages(session, chat.branch(session, question)),
+        responses=responses,
+        overlap=project.overlap,
+        instructions=f"From chat message {question.pk}",
+    )
+    flash.success(request, f"A ranking task with {len(responses)} answers is in “{project.name}”.")
+    return redirect(session)
