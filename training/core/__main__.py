@@ -28,6 +28,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "reward": ("training.core.reward", "RewardConfig"),
     "ppo": ("training.core.ppo", "PPOConfig"),
     "grpo": ("training.core.grpo", "GRPOConfig"),
+    "factuality": ("training.core.factuality", "FactualityConfig"),
 }
 
 
