@@ -26,6 +26,7 @@ from labeling.models import (
     Snapshot,
     TaskKind,
 )
+from webapp.idempotency import idempotent
 from webapp.roles import Capability, HasCapability, user_can
 
 ANY_LABELING = (Capability.LABEL, Capability.REVIEW, Capability.MANAGE_PROJECTS)
@@ -199,6 +200,7 @@ class ItemsApi(APIView):
     permission_classes = [HasCapability(Capability.MANAGE_PROJECTS)]
 
     @extend_schema(request=ItemsSerializer, responses={201: dict})
+    @idempotent
     def post(self, request: Request, pk: int) -> Response:
         project = get_object_or_404(Project, pk=pk)
         body = ItemsSerializer(data=request.data)
@@ -259,6 +261,7 @@ class RankingSubmitApi(APIView):
     permission_classes = [HasCapability(Capability.LABEL)]
 
     @extend_schema(request=RankingSubmitSerializer, responses={201: dict})
+    @idempotent
     def post(self, request: Request, pk: int) -> Response:
         from labeling import ranking
         from labeling.models import Assignment
@@ -311,6 +314,7 @@ class ProjectConversationsApi(ListAPIView):
         return conversations
 
     @extend_schema(request=BulkConversationSerializer, responses={201: dict})
+    @idempotent
     def post(self, request: Request, pk: int) -> Response:
         """Bulk-create conversations (all or nothing: one invalid conversation refuses the lot)."""
         project = get_object_or_404(Project, pk=pk)
@@ -388,6 +392,7 @@ class ConversationDetailApi(APIView):
 
 class ConversationSubmitApi(ConversationDetailApi):
     @extend_schema(request=None, responses={200: ConversationSerializer})
+    @idempotent
     def post(self, request: Request, pk: int) -> Response:
         conversation = self._get(request, pk)
         try:
@@ -411,6 +416,7 @@ class ConversationReviewApi(APIView):
     permission_classes = [HasCapability(Capability.REVIEW)]
 
     @extend_schema(request=ReviewSerializer, responses={200: ConversationSerializer})
+    @idempotent
     def post(self, request: Request, pk: int) -> Response:
         conversation = get_object_or_404(Conversation.objects.select_related("project"), pk=pk)
         body = ReviewSerializer(data=request.data)
@@ -440,6 +446,7 @@ class ImportApi(APIView):
     parser_classes = [MultiPartParser]
 
     @extend_schema(request=ImportSerializer, responses={201: dict})
+    @idempotent
     def post(self, request: Request, pk: int) -> Response:
         project = get_object_or_404(Project, pk=pk)
         body = ImportSerializer(data=request.data)
@@ -478,6 +485,7 @@ class SnapshotListCreateApi(ListAPIView):
         )
 
     @extend_schema(request=SnapshotCreateSerializer, responses={201: SnapshotSerializer})
+    @idempotent
     def post(self, request: Request, pk: int) -> Response:
         project = get_object_or_404(Project, pk=pk)
         body = SnapshotCreateSerializer(data=request.data)

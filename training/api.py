@@ -16,6 +16,7 @@ from rest_framework.views import APIView
 from training import selectors, services, uploads
 from training.kinds import ConfigInvalid
 from training.models import Artifact, ArtifactKind, Run, RunStatus
+from webapp.idempotency import idempotent
 from webapp.roles import Capability, HasCapability
 
 
@@ -119,6 +120,7 @@ class RunListCreateApi(ListAPIView):
         return selectors.run_list(kind=kind, status=run_status).prefetch_related("outputs")
 
     @extend_schema(request=RunCreateSerializer, responses={201: RunDetailSerializer})
+    @idempotent
     def post(self, request: Request) -> Response:
         data = RunCreateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
