@@ -29,6 +29,7 @@ from labeling.turns import (
     messages_to_turns,
     turns_to_messages,
 )
+from webapp.limits import generation_limit
 from webapp.rendering import render_markdown
 from webapp.roles import Capability, role_required, user_can
 
@@ -255,6 +256,7 @@ def _tokenizer_for(pk: int, path: str) -> Any:
     return load_tokenizer(folder) if (folder / "tokenizer.json").is_file() else None
 
 
+@generation_limit
 @role_required(Capability.LABEL, Capability.MANAGE_PROJECTS)
 @require_POST
 def draft_reply(request: HttpRequest, pk: int) -> HttpResponse:

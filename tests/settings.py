@@ -23,3 +23,9 @@ STORAGES = {
 # database lives in a file rather than in memory.
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test-db.sqlite3")}
+
+# Rate limits stay out of the way of the suite (tests/test_limits.py sets its own), and counts
+# never leak between runs through a shared cache.
+ORCHARD_LOGIN_RATE = "100000/m"
+ORCHARD_GENERATION_RATE = "100000/m"
+CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}

@@ -28,6 +28,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from training import chat, inference
 from training.models import Artifact, ArtifactKind, ChatMessage, ChatSession
+from webapp.limits import generation_limit
 from webapp.rendering import render_markdown
 from webapp.roles import Capability, role_required
 
@@ -132,6 +133,7 @@ def chat_settings(request: HttpRequest, pk: int) -> HttpResponse:
     return redirect(session)
 
 
+@generation_limit
 @role_required(Capability.CHAT)
 @require_POST
 def chat_send(request: HttpRequest, pk: int) -> HttpResponse:
@@ -153,6 +155,7 @@ def chat_send(request: HttpRequest, pk: int) -> HttpResponse:
     return _reply(request, session, question)
 
 
+@generation_limit
 @role_required(Capability.CHAT)
 @require_POST
 def chat_regenerate(request: HttpRequest, pk: int, message_pk: int) -> HttpResponse:

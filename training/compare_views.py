@@ -17,6 +17,7 @@ from django.views.decorators.http import require_http_methods
 
 from training import inference
 from training.models import Artifact, ArtifactKind
+from webapp.limits import generation_limit
 from webapp.roles import Capability, role_required
 
 DEFAULT_PROMPTS = "Hello! Who are you?\nWhat is 12 + 30?\nWrite a haiku about apples."
@@ -69,6 +70,7 @@ def _initial(request: HttpRequest) -> dict[str, Any]:
     return initial
 
 
+@generation_limit
 @role_required(Capability.CHAT)
 @require_http_methods(["GET", "POST"])
 def compare(request: HttpRequest) -> HttpResponse:

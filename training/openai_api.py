@@ -118,6 +118,20 @@ class BearerTokenScheme(OpenApiAuthenticationExtension):
         )
 
 
+def generation_rate_exceeded(request: Request) -> bool:
+    """The same per-person generation limit as the chat page (``ORCHARD_GENERATION_RATE``)."""
+    from django_ratelimit.core import is_ratelimited
+
+    return is_ratelimited(
+        request._request,
+        group="generate",
+        key="user_or_ip",
+        rate=lambda group, req: settings.ORCHARD_GENERATION_RATE,
+        method="POST",
+        increment=True,
+    )
+
+
 class OpenAIError(Exception):
     """An error answered in OpenAI's shape."""
 
@@ -461,6 +475,14 @@ class ChatCompletionApi(_OpenAIView):
         responses={200: OpenApiTypes.OBJECT},
     )
     def post(self, request: Request) -> Any:
+        if generation_rate_exceeded(request):
+            raise OpenAIError(
+                429,
+                "Too many requests in a short time: wait a minute and try again.",
+                type="rate_limit_exceeded",
+                code="rate_limit_exceeded",
+                headers={"Retry-After": "60"},
+            )
         chat = parse_chat_request(request.data)
         prompt = render_prompt(chat.artifact, chat.messages)
         events = inference.stream_generation(

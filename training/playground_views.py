@@ -20,6 +20,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from training import inference
 from training.models import Artifact, ArtifactKind
+from webapp.limits import generation_limit
 from webapp.roles import Capability, role_required
 
 MAX_PROMPT_CHARS = 8000
@@ -109,6 +110,7 @@ def _initial(request: HttpRequest) -> dict[str, Any]:
     return initial
 
 
+@generation_limit
 @role_required(Capability.CHAT)
 @require_http_methods(["GET", "POST"])
 def playground(request: HttpRequest) -> HttpResponse:
@@ -146,6 +148,7 @@ def _generate_all(form: PlaygroundForm) -> tuple[list[dict], str]:
     return [], "the generation ended without a result"
 
 
+@generation_limit
 @role_required(Capability.CHAT)
 @require_POST
 def playground_stream(request: HttpRequest) -> HttpResponse:

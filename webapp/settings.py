@@ -117,6 +117,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "django_htmx",
+    "django_ratelimit",
     "template_partials",
     "webapp",
     "training",
@@ -134,6 +135,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    "django_ratelimit.middleware.RatelimitMiddleware",
 ]
 
 ROOT_URLCONF = "webapp.urls"
@@ -306,6 +308,27 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_TASK_ROUTES = {"training.tasks.execute_run": {"queue": "training"}}
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
+
+# --- cache and rate limits --------------------------------------------------------------------
+
+# Rate limits count in the cache, which every web process must share: Redis when the broker is
+# Redis (several machines), else files under var/ (several processes on one machine).
+CACHE_URL = env_str("CACHE_URL", CELERY_BROKER_URL if CELERY_BROKER_URL.startswith("redis") else "")
+CACHES = {
+    "default": (
+        {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": CACHE_URL}
+        if CACHE_URL
+        else {
+            "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+            "LOCATION": str(VAR_DIR / "cache"),
+        }
+    )
+}
+RATELIMIT_VIEW = "webapp.views.rate_limited"
+# The file cache is shared by the processes of one machine: enough for the embedded defaults.
+SILENCED_SYSTEM_CHECKS = ["django_ratelimit.E003", "django_ratelimit.W001"]
+ORCHARD_LOGIN_RATE = env_str("ORCHARD_LOGIN_RATE", "10/m")
+ORCHARD_GENERATION_RATE = env_str("ORCHARD_GENERATION_RATE", "60/m")
 
 # --- runs -------------------------------------------------------------------------------------
 

@@ -62,3 +62,21 @@ def _check_workers() -> dict:
         "count": len(workers),
         "queues": sorted({q for w in workers for q in w.queues.split(",") if q}),
     }
+
+
+def rate_limited(request: HttpRequest, exception: Exception) -> HttpResponse:
+    """Answer to a request over a rate limit (``RATELIMIT_VIEW``): 429 with a Retry-After and a
+    sentence saying what happened, as JSON for scripts and streams, as a page otherwise."""
+    text = "Too many requests in a short time: wait a minute and try again."
+    wants_json = (
+        request.path.startswith(("/api/", "/v1/"))
+        or request.path.endswith("/stream/")
+        or request.POST.get("stream") == "1"
+        or "application/json" in request.headers.get("Accept", "")
+    )
+    if wants_json:
+        response: HttpResponse = JsonResponse({"detail": text}, status=429)
+    else:
+        response = render(request, "rate_limited.html", {"text": text}, status=429)
+    response["Retry-After"] = "60"
+    return response
