@@ -14,6 +14,7 @@ BENCHMARKS = {
     "pretrain": "training.core.bench.pretrain",
     "generate": "training.core.bench.generate",
     "webdata": "training.core.bench.webdata",
+    "rl": "training.core.bench.rl",
 }
 
 
