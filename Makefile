@@ -60,6 +60,7 @@ bench: setup
 	$(BIN)/python -m training.core.bench pretrain
 	$(BIN)/python -m training.core.bench generate
 	$(BIN)/python -m training.core.bench webdata
+	$(BIN)/python -m training.core.bench rl
 
 # Fault trials at full size: kill -9 the worker at random points of TRIALS runs (CI runs 1).
 stress: setup

@@ -104,3 +104,48 @@ def chat_rank(request: HttpRequest, message_pk: int) -> HttpResponse:
     )
     flash.success(request, f"A ranking task with {len(responses)} answers is in “{project.name}”.")
     return redirect(session)
+
+
+@role_required(Capability.MANAGE_PROJECTS)
+@require_POST
+def arena_import(request: HttpRequest) -> HttpResponse:
+    """Every arena vote not yet imported becomes a ranked item (two replies, the voter's
+    verdict), ready for a preference snapshot."""
+    from django.db import transaction
+
+    from labeling.models import Ranking
+    from labeling.ranking import VOTES
+    from training.models import ArenaBattle
+
+    project = _target_project(request)
+    done = set(
+        Item.objects.filter(project=project, instructions__startswith="arena battle ").values_list(
+            "instructions", flat=True
+        )
+    )
+    added = 0
+    with transaction.atomic():
+        for battle in ArenaBattle.objects.exclude(vote="").select_related("user"):
+            marker = f"arena battle {battle.pk}"
+            if marker in done:
+                continue
+            order, all_bad = VOTES[battle.vote]
+            item = Item.objects.create(
+                project=project,
+                kind=TaskKind.ARENA,
+                seed_messages=[{"role": "user", "content": battle.prompt}],
+                responses=[
+                    {"text": battle.reply_a, "checkpoint": battle.checkpoint_a_id},
+                    {"text": battle.reply_b, "checkpoint": battle.checkpoint_b_id},
+                ],
+                overlap=project.overlap,
+                taken=project.overlap,  # already judged: not handed out again
+                instructions=marker,
+            )
+            Ranking.objects.create(
+                item=item, labeler=None, source=f"arena:{battle.user.username}"[:40],
+                order=order, all_bad=all_bad,
+            )  # fmt: skip
+            added += 1
+    flash.success(request, f"{added} arena votes added to “{project.name}”.")
+    return redirect(project)

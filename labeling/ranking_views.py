@@ -19,7 +19,7 @@ from labeling import ranking
 from labeling.models import Assignment, AssignmentStatus, Project, ResponseBatch, TaskKind
 from labeling.services import LabelingRefused
 from labeling.turns import messages_to_turns
-from training.models import Artifact, ArtifactKind
+from training.models import Artifact, generative_checkpoints
 from webapp.rendering import render_markdown
 from webapp.roles import Capability, role_required, user_can
 
@@ -44,9 +44,7 @@ class ResponsesForm(forms.Form):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["checkpoints"].queryset = Artifact.objects.filter(
-            kind=ArtifactKind.CHECKPOINT
-        ).exclude(meta__stage="reward")
+        self.fields["checkpoints"].queryset = generative_checkpoints()
 
     def clean_prompts(self) -> list[str]:
         prompts = [p.strip() for p in self.cleaned_data["prompts"].splitlines() if p.strip()]

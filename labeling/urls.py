@@ -41,6 +41,7 @@ urlpatterns = [
         name="chat-correction",
     ),
     path("from-chat/<int:message_pk>/rank/", chat_feedback.chat_rank, name="chat-rank"),
+    path("from-arena/", chat_feedback.arena_import, name="arena-import"),
     path("projects/<int:pk>/problems/", problem_views.problems, name="problems"),
     path(
         "projects/<int:pk>/problems/generate/",

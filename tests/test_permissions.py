@@ -16,7 +16,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import URLPattern, URLResolver, get_resolver
 
 from training import services, uploads
-from training.models import ChatMessage, ChatSession, Run, RunStatus
+from training.models import ArenaBattle, ChatMessage, ChatSession, Run, RunStatus
 
 pytestmark = pytest.mark.django_db
 
@@ -92,6 +92,14 @@ CASES: dict[str, Case] = {
     "training:compare": Case("GET", lambda o: "/checkpoints/compare/", EVERYONE),
     "training:score-explorer": Case("GET", lambda o: "/reward/scores/", PAGE_VIEW_RUNS),
     "training:chat": Case("GET", lambda o: "/chat/", EVERYONE),
+    "training:arena": Case("GET", lambda o: "/arena/", EVERYONE),
+    "training:arena-leaderboard": Case("GET", lambda o: "/arena/leaderboard/", EVERYONE),
+    "training:arena-battle": Case(
+        "GET", lambda o: f"/arena/{o['battle'].pk}/", codes(302, 200, 404, 404, 404, 404)
+    ),
+    "training:arena-vote": Case(
+        "POST", lambda o: f"/arena/{o['battle'].pk}/vote/", codes(302, 302, 404, 404, 404, 404)
+    ),
     # lena's chat: only she may open or act on it (404 for everyone else, not 403: a chat's
     # existence is private too).
     "training:chat-session": Case(
@@ -244,6 +252,9 @@ CASES.update(
             lambda o: f"/labeling/from-chat/{o['reply'].pk}/correction/",
             codes(302, 302, 404, 404, 404, 404),
         ),
+        "labeling:arena-import": Case(
+            "POST", lambda o: "/labeling/from-arena/", codes(302, 403, 403, 302, 302, 302)
+        ),
         "labeling:chat-rank": Case(
             "POST",
             lambda o: f"/labeling/from-chat/{o['reply'].pk}/rank/",
@@ -374,6 +385,33 @@ CASES.update(
         ),
     }
 )
+
+
+def report_checkpoint(o: dict[str, Any]) -> int:
+    """A checkpoint (made once per objects dict) for the report card routes; the card reads only
+    the database, so no files are needed."""
+    from training.models import Artifact
+
+    if "checkpoint" not in o:
+        o["checkpoint"] = Artifact.objects.create(kind="checkpoint", name="ckpt", sha256="0" * 64)
+        o["checkpoint"].parents.set([o["corpus"]])
+    return o["checkpoint"].pk
+
+
+# A checkpoint's report card (page, Markdown, JSON): whoever may see runs.
+CASES.update(
+    {
+        "training:report-card": Case(
+            "GET", lambda o: f"/checkpoints/{report_checkpoint(o)}/report/", PAGE_VIEW_RUNS
+        ),
+        "training:report-card-md": Case(
+            "GET", lambda o: f"/checkpoints/{report_checkpoint(o)}/report.md", PAGE_VIEW_RUNS
+        ),
+        "training:report-card-json": Case(
+            "GET", lambda o: f"/checkpoints/{report_checkpoint(o)}/report.json", PAGE_VIEW_RUNS
+        ),
+    }
+)
 # Launching through the API, separately from listing (same route, another capability).
 API_CREATE = Case(
     "POST",
@@ -413,10 +451,19 @@ def objects(people) -> Callable[[], dict[str, Any]]:
         reply = ChatMessage.objects.create(
             session=chat, parent=question, role="assistant", content="Hello"
         )
+        battle = ArenaBattle.objects.create(
+            user=people["lena"],
+            prompt="Hi",
+            checkpoint_a=corpus,
+            checkpoint_b=corpus,
+            reply_a="a",
+            reply_b="b",
+        )
         return {
             "corpus": corpus,
             "run": run,
             "failed": failed,
+            "battle": battle,
             "chat": chat,
             "reply": reply,
             **labeling_objects(people),

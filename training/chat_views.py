@@ -27,7 +27,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from training import chat, inference
-from training.models import Artifact, ArtifactKind, ChatMessage, ChatSession
+from training.models import Artifact, ChatMessage, ChatSession, generative_checkpoints
 from webapp.limits import generation_limit
 from webapp.rendering import render_markdown
 from webapp.roles import Capability, role_required
@@ -36,7 +36,7 @@ MAX_MESSAGE_CHARS = 20_000
 
 
 def chat_checkpoints() -> Any:
-    return Artifact.objects.filter(kind=ArtifactKind.CHECKPOINT).exclude(meta__stage="reward")
+    return generative_checkpoints()
 
 
 class SessionForm(forms.ModelForm):

@@ -247,10 +247,12 @@ def _chat_reply(
     if tools:
         from training.core.tools import generate_with_tools
 
-        run = generate_with_tools(
-            engine, messages, params, on_event=events.put, should_stop=stop.is_set
-        )
-        return {"messages": run.messages, "finish_reason": run.finish_reason}
+        def relay(event: dict) -> None:
+            if event["event"] != "done":  # the caller sends the one "done", with the turns
+                events.put(event)
+
+        run = generate_with_tools(engine, messages, params, on_event=relay, should_stop=stop.is_set)
+        return {"messages": run.messages, "finish_reason": run.finish_reason, "tokens": run.tokens}
     from training.core.generate import chat_prompt
 
     prompt = chat_prompt(engine.tokenizer, messages)

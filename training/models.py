@@ -74,6 +74,16 @@ class Artifact(models.Model):
         return resolve_under_root(self.path)
 
 
+def generative_checkpoints() -> models.QuerySet:
+    """Checkpoints that write text: every checkpoint but reward models (which only score).
+
+    Spelled out with ``isnull`` because SQL's NOT on a missing JSON key is NULL, which a bare
+    ``exclude(meta__stage="reward")`` would treat as excluded."""
+    return Artifact.objects.filter(kind=ArtifactKind.CHECKPOINT).filter(
+        models.Q(meta__stage__isnull=True) | ~models.Q(meta__stage="reward")
+    )
+
+
 def resolve_under_root(relative: str) -> Path:
     root = Path(settings.ARTIFACTS_ROOT).resolve()
     candidate = (root / relative).resolve()
@@ -282,3 +292,35 @@ class ChatMessage(models.Model):
         if self.tool_calls:
             message["tool_calls"] = self.tool_calls
         return message
+
+
+class ArenaBattle(models.Model):
+    """Two checkpoints answer the same prompt; a person picks the better answer without
+    knowing which model wrote which."""
+
+    class Vote(models.TextChoices):
+        A = "a", "A is better"
+        B = "b", "B is better"
+        TIE = "tie", "Tie"
+        BOTH_BAD = "both_bad", "Both bad"
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="arena_battles"
+    )
+    prompt = models.TextField()
+    checkpoint_a = models.ForeignKey(Artifact, on_delete=models.CASCADE, related_name="+")
+    checkpoint_b = models.ForeignKey(Artifact, on_delete=models.CASCADE, related_name="+")
+    reply_a = models.TextField()
+    reply_b = models.TextField()
+    vote = models.CharField(max_length=16, choices=Vote.choices, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    voted_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"Battle #{self.pk}"
+
+    def get_absolute_url(self) -> str:
+        return reverse("training:arena-battle", args=[self.pk])

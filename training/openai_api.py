@@ -90,7 +90,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from training import inference
-from training.models import Artifact, ArtifactKind
+from training.models import Artifact, generative_checkpoints
 from webapp.roles import Capability, HasCapability
 
 logger = logging.getLogger(__name__)
@@ -209,7 +209,7 @@ class _OpenAIView(APIView):
 
 def chat_models() -> Any:
     """The checkpoints one can chat with: all but reward models."""
-    return Artifact.objects.filter(kind=ArtifactKind.CHECKPOINT).exclude(meta__stage="reward")
+    return generative_checkpoints()
 
 
 def model_id(artifact: Artifact) -> str:

@@ -1,10 +1,12 @@
 from django.urls import path
 
 from training import (
+    arena_views,
     chat_views,
     compare_views,
     inspector_views,
     playground_views,
+    report_views,
     reward_views,
     tokenizer_views,
     views,
@@ -38,9 +40,20 @@ urlpatterns = [
     ),
     path("checkpoints/", views.checkpoint_list, name="checkpoint-list"),
     path("checkpoints/import/", views.checkpoint_import, name="checkpoint-import"),
+    path("checkpoints/<int:pk>/report/", report_views.report_card, name="report-card"),
+    path(
+        "checkpoints/<int:pk>/report.md", report_views.report_card_markdown, name="report-card-md"
+    ),
+    path(
+        "checkpoints/<int:pk>/report.json", report_views.report_card_json, name="report-card-json"
+    ),
     path("playground/", playground_views.playground, name="playground"),
     path("checkpoints/compare/", compare_views.compare, name="compare"),
     path("reward/scores/", reward_views.score_explorer, name="score-explorer"),
+    path("arena/", arena_views.arena, name="arena"),
+    path("arena/leaderboard/", arena_views.leaderboard, name="arena-leaderboard"),
+    path("arena/<int:pk>/", arena_views.battle, name="arena-battle"),
+    path("arena/<int:pk>/vote/", arena_views.vote, name="arena-vote"),
     path("chat/", chat_views.chat_home, name="chat"),
     path("chat/<int:pk>/", chat_views.chat_session, name="chat-session"),
     path("chat/<int:pk>/send/", chat_views.chat_send, name="chat-send"),

@@ -171,3 +171,15 @@ def test_feedback_correction_and_ranking_go_into_labeling(client_for, session, p
     item = Item.objects.get(kind="rank")
     assert len(item.responses) == 2 and item.seed_messages[-1]["content"] == "What is 2+2?"
     assert client_for("leo").post(f"/labeling/from-chat/{reply.pk}/rank/").status_code == 404
+
+
+def test_a_chat_with_tools_on_replies_through_the_tool_loop(client_for, session) -> None:
+    session.tools = True
+    session.save()
+    response = client_for("lena").post(
+        f"/chat/{session.pk}/send/", {"content": "2+2?", "stream": "1"}
+    )
+    events = events_of(response)
+    assert events[-1][0] == "done"
+    reply = ChatMessage.objects.get(pk=events[-1][1]["message"])
+    assert reply.role in ("assistant", "tool") and reply.checkpoint_id == session.checkpoint_id
