@@ -149,3 +149,42 @@ def arena_import(request: HttpRequest) -> HttpResponse:
             added += 1
     flash.success(request, f"{added} arena votes added to “{project.name}”.")
     return redirect(project)
+
+
+@role_required(Capability.MANAGE_PROJECTS)
+@require_POST
+def factuality_drafts(request: HttpRequest, run_pk: int) -> HttpResponse:
+    """The probe's "I don't know" drafts become conversations for review (tag ``idk``),
+    each naming the run and question it came from; a second click adds nothing twice."""
+    import json
+
+    from labeling.models import Conversation
+    from training.models import Artifact, Run
+
+    run = get_object_or_404(Run, pk=run_pk, kind="factuality", status="succeeded")
+    output = get_object_or_404(Artifact, run=run)
+    project = _target_project(request)
+    made = 0
+    with open(output.abspath() / "idk_drafts.jsonl", encoding="utf-8") as handle:
+        for line in handle:
+            if not line.strip():
+                continue
+            draft = json.loads(line)
+            source_id = f"factuality run {run.pk}, question {draft.get('question_id', '')}"
+            if Conversation.objects.filter(project=project, source_id=source_id).exists():
+                continue
+            conversation = services.conversation_create(
+                project=project,
+                user=request.user,
+                messages=draft["messages"],
+                tags=["idk", "factuality"],
+                source="factuality",
+                status=ConversationStatus.SUBMITTED,
+            )
+            conversation.source_id = source_id
+            conversation.save(update_fields=["source_id"])
+            made += 1
+    flash.success(
+        request, f"{made} “I don't know” drafts are waiting for review in “{project.name}”."
+    )
+    return redirect(project)

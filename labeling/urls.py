@@ -42,6 +42,11 @@ urlpatterns = [
     ),
     path("from-chat/<int:message_pk>/rank/", chat_feedback.chat_rank, name="chat-rank"),
     path("from-arena/", chat_feedback.arena_import, name="arena-import"),
+    path(
+        "from-factuality/<int:run_pk>/",
+        chat_feedback.factuality_drafts,
+        name="factuality-drafts",
+    ),
     path("projects/<int:pk>/problems/", problem_views.problems, name="problems"),
     path(
         "projects/<int:pk>/problems/generate/",

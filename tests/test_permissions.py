@@ -252,6 +252,11 @@ CASES.update(
             lambda o: f"/labeling/from-chat/{o['reply'].pk}/correction/",
             codes(302, 302, 404, 404, 404, 404),
         ),
+        "labeling:factuality-drafts": Case(
+            "POST",
+            lambda o: f"/labeling/from-factuality/{o['run'].pk}/",
+            codes(302, 403, 403, 404, 404, 404),  # 404: the countdown run is no probe
+        ),
         "labeling:arena-import": Case(
             "POST", lambda o: "/labeling/from-arena/", codes(302, 403, 403, 302, 302, 302)
         ),

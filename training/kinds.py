@@ -230,6 +230,25 @@ BUILTIN_KINDS = (
         result_template="training/results/evaluate.html",
     ),
     RunKind(
+        name="factuality",
+        label="Factuality probe (I don't know)",
+        description=(
+            "Ask a checkpoint questions with known answers several times, find the ones it gets "
+            "consistently wrong, and draft replies that say it does not know, for labelers to "
+            "review: the field's remedy for confident made-up answers."
+        ),
+        config_path="training.core.factuality:FactualityConfig",
+        entry_path="training.core.factuality:run",
+        inputs=(
+            InputSpec("checkpoint", ArtifactKind.CHECKPOINT, "Checkpoint"),
+            InputSpec(
+                "questions", ArtifactKind.DATASET, "Questions (problem snapshots)", many=True
+            ),
+        ),
+        output_kind=ArtifactKind.OUTPUT,
+        result_template="training/results/factuality.html",
+    ),
+    RunKind(
         name="responses",
         label="Responses to rank",
         description=(

@@ -157,3 +157,31 @@ def evaluation_table(run: Run) -> dict[str, Any]:
         for r in rows
     ]  # fmt: skip
     return {"evaluation": rows, "evaluation_bars": bars}
+
+
+def factuality_history(run: Run) -> list[dict[str, Any]]:
+    """Every factuality probe on the same questions, oldest first: how the wrong-answer and
+    refusal rates moved from checkpoint to checkpoint (say, before and after SFT on the
+    drafted "I don't know" replies)."""
+    if run.kind != "factuality":
+        return []
+    questions = sorted((run.inputs or {}).get("questions", []))
+    rows = []
+    probes = Run.objects.filter(kind="factuality", status=RunStatus.SUCCEEDED).order_by("pk")
+    for probe in probes:
+        if sorted((probe.inputs or {}).get("questions", [])) != questions:
+            continue
+        checkpoint_ids = (probe.inputs or {}).get("checkpoint", [])
+        checkpoint = Artifact.objects.filter(pk__in=checkpoint_ids).first()
+        result = probe.result or {}
+        rows.append(
+            {
+                "run": probe,
+                "checkpoint": checkpoint,
+                "wrong_rate": result.get("wrong_rate"),
+                "refusal_rate": result.get("refusal_rate"),
+                "correct_rate": result.get("correct_rate"),
+                "consistently_wrong": result.get("consistently_wrong"),
+            }
+        )
+    return rows

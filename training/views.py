@@ -145,6 +145,7 @@ def run_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "result": selectors.result_view(run),
         "rollouts": selectors.latest_rollouts(run),
         **selectors.evaluation_table(run),
+        "factuality_history": selectors.factuality_history(run),
     }
     if request.htmx:
         response = render(request, "training/run_detail.html#run-live", context)

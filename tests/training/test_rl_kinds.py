@@ -120,3 +120,41 @@ def test_grpo_and_evaluate_runs(client_for, people, tiny_checkpoint) -> None:
     assert len(evaluation.result["checkpoints"]) == 2
     table = tom.get(f"/runs/{evaluation.pk}/").content.decode()
     assert "pass@1 per checkpoint" in table and tuned.name in table
+
+
+def test_factuality_probe_and_drafts_for_review(client_for, people, tiny_checkpoint) -> None:
+    from labeling import problem_bank
+    from labeling import services as labeling
+    from labeling.models import Conversation
+
+    project = labeling.project_create(user=people["tom"], name="facts")
+    problem_bank.problems_generate(project=project, user=people["tom"], count=6, difficulty=3,
+                                   seed=1)  # fmt: skip
+    questions = problem_bank.problem_snapshot_create(
+        project=project, user=people["tom"], name="facts v1"
+    )
+    runs = []
+    for _ in range(2):  # the same questions twice: the page compares the probes
+        run = services.run_create(
+            kind="factuality",
+            config={"samples": 2, "max_new_tokens": 4},
+            inputs={"checkpoint": [tiny_checkpoint.pk], "questions": [questions.artifact.pk]},
+            user=people["tom"],
+        )
+        assert services.run_execute(run_id=run.pk) == "succeeded"
+        run.refresh_from_db()
+        runs.append(run)
+    result = runs[0].result
+    assert result["questions"] == 6
+    assert result["correct_rate"] + result["wrong_rate"] + result["refusal_rate"] == pytest.approx(
+        1
+    )
+    tom = client_for("tom")
+    page = tom.get(f"/runs/{runs[1].pk}/").content.decode()
+    assert "The same questions, checkpoint by checkpoint" in page
+    assert result["drafts"] > 0  # an untrained model gets 3-digit arithmetic wrong
+    tom.post(f"/labeling/from-factuality/{runs[0].pk}/", {"project": project.pk})
+    tom.post(f"/labeling/from-factuality/{runs[0].pk}/", {"project": project.pk})
+    drafts = Conversation.objects.filter(source="factuality")
+    assert drafts.count() == result["drafts"]  # nothing added twice
+    assert all("idk" in c.tags and c.status == "submitted" for c in drafts)
