@@ -54,6 +54,10 @@ class ProjectForm(forms.ModelForm):
                 self.instance.system_prompts
             )
 
+    def clean_guidelines(self) -> str:
+        # browsers send CRLF: normalised, so an unchanged text never makes a new version
+        return self.cleaned_data["guidelines"].replace("\r\n", "\n")
+
     def clean_system_prompts_text(self) -> list[str]:
         text = self.cleaned_data["system_prompts_text"].replace("\r\n", "\n")
         return [p.strip() for p in text.split(SYSTEM_PROMPT_SEPARATOR) if p.strip()]

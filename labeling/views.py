@@ -131,10 +131,13 @@ def conversation_list(request: HttpRequest, pk: int) -> HttpResponse:
         conversations = conversations.filter(author=request.user)
     if status in ConversationStatus.values:
         conversations = conversations.filter(status=status)
-    tag = request.GET.get("tag", "")
-    page = Paginator(conversations, 50).get_page(request.GET.get("page"))
+    tag = request.GET.get("tag", "")[:40]
     if tag:
-        page.object_list = [c for c in page.object_list if tag in c.tags]
+        # tags are a JSON list, and JSON "contains" is not on SQLite: match ids in Python first,
+        # so pagination counts only the matching conversations
+        ids = [pk for pk, tags in conversations.values_list("id", "tags") if tag in tags]
+        conversations = conversations.filter(pk__in=ids)
+    page = Paginator(conversations, 50).get_page(request.GET.get("page"))
     return render(
         request,
         "labeling/conversation_list.html",
@@ -142,6 +145,7 @@ def conversation_list(request: HttpRequest, pk: int) -> HttpResponse:
             "project": project,
             "page": page,
             "status": status,
+            "tag": tag,
             "statuses": ConversationStatus.choices,
         },
     )

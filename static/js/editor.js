@@ -289,8 +289,11 @@
       submitAfterSave = { submitter: event.submitter };
       return;
     }
-    // The server re-renders anything it refuses; the browser copy stays until a save succeeds.
+    // The text travels in this post: if the server refuses it, it comes back in the page it
+    // renders; if it accepts it, it is saved. Either way the browser copy has done its job, and
+    // keeping it would later offer to "restore" text over a newer version (a reviewer's edit).
     dirty = false;
+    try { localStorage.removeItem(storageKey); } catch (e) { /* storage disabled */ }
   });
 
   document.addEventListener("keydown", (event) => {

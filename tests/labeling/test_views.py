@@ -348,3 +348,24 @@ def test_stats_page_explains_its_numbers(client_for: Any, submitted: Any) -> Non
     assert "lena" in text and "Levenshtein" in text
     own = client_for("leo").get(f"/labeling/projects/{conversation.project_id}/stats/")
     assert "lena" not in own.content.decode()  # labelers see only their own row
+
+
+def test_conversation_list_filters_by_tag_before_paging(client_for, project, people) -> None:
+    for index in range(60):
+        services.conversation_create(
+            project=project, user=people["lena"], messages=GOOD, tags=["idk"] if index < 3 else []
+        )
+    page = client_for("tom").get(f"/labeling/projects/{project.pk}/conversations/?tag=idk")
+    listed = page.context["page"]
+    assert listed.paginator.count == 3 and all("idk" in c.tags for c in listed.object_list)
+
+
+def test_unchanged_guidelines_from_a_browser_make_no_new_version(client_for, project) -> None:
+    crlf = project.guidelines.replace("\n", "\r\n")
+    client_for("tom").post(
+        f"/labeling/projects/{project.pk}/edit/",
+        {"name": project.name, "guidelines": crlf, "required_turns": 1, "overlap": 2,
+         "lease_minutes": 60, "system_prompts_text": "You are a helpful assistant."},
+    )  # fmt: skip
+    project.refresh_from_db()
+    assert project.guideline_version == 1
