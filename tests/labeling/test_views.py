@@ -369,3 +369,18 @@ def test_unchanged_guidelines_from_a_browser_make_no_new_version(client_for, pro
     )  # fmt: skip
     project.refresh_from_db()
     assert project.guideline_version == 1
+
+
+def test_continue_tasks_from_a_file_of_conversations(client_for, project, people) -> None:
+    seeds = "\n".join(json.dumps({"messages": GOOD[1:]}) for _ in range(2)) + "\n{broken\n"
+    added = client_for("tom").post(
+        f"/labeling/projects/{project.pk}/items/",
+        {"kind": "continue", "seed_file": SimpleUploadedFile("seeds.jsonl", seeds.encode())},
+        follow=True,
+    )
+    assert "Added 2 tasks" in added.content.decode() and "line 3" in added.content.decode()
+    opened = client_for("lena").post(f"/labeling/projects/{project.pk}/next/")
+    conversation = Conversation.objects.get()
+    assert opened.url == f"/labeling/conversations/{conversation.pk}/"
+    assert conversation.messages[1:] == GOOD[1:]  # the system prompt, then the seed to continue
+    assert conversation.source == "task:continue"
