@@ -23,15 +23,32 @@ class DataUploadForm(forms.Form):
     server_file = forms.ChoiceField(
         required=False, label="Or a file from the server's import folder"
     )
+    # Download from a URL (training/downloads.py): the field exists only where it is enabled.
+    url = forms.CharField(max_length=2000, required=False, label="Or a URL to download")
     name = forms.CharField(max_length=200, required=False, help_text="Defaults to the file name.")
 
-    def __init__(self, *args: Any, importable: list[str], **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, importable: list[str], downloadable: bool = False, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.fields["server_file"].choices = [("", "---------"), *[(f, f) for f in importable]]
+        if downloadable:
+            from django.conf import settings
+
+            hosts = ", ".join(settings.ORCHARD_DOWNLOAD_ALLOWED_HOSTS)
+            cap = settings.ORCHARD_DOWNLOAD_MAX_MB
+            self.fields["url"].help_text = f"https only, from {hosts}; at most {cap} MB."
+        else:
+            del self.fields["url"]
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean()
-        if bool(cleaned.get("file")) == bool(cleaned.get("server_file")):
+        sources = [key for key in ("file", "server_file", "url") if cleaned.get(key)]
+        if len(sources) != 1:
+            if "url" in self.fields:
+                raise forms.ValidationError(
+                    "Choose one: a file to upload, a file from the server or a URL."
+                )
             raise forms.ValidationError("Choose a file to upload or one from the server, not both.")
         return cleaned
 

@@ -204,3 +204,37 @@ def import_file(*, fmt: DataFormat, relative: str, name: str, user: Any) -> Arti
         user=user,
         origin=f"import:{relative}",
     )
+
+
+# --- downloads: a file fetched from a URL (training.downloads) goes through store() too -------
+
+
+def download_file(*, fmt: DataFormat, url: str, name: str, user: Any) -> Artifact:
+    """Fetch ``url`` into a private staging folder, then validate and keep it like an upload."""
+    from training.downloads import DownloadRefused, download, filename_from_url
+
+    if fmt.suffix_of(filename_from_url(url)) is None:  # before spending time on the download
+        raise UploadRefused(f"the URL must name {fmt.describe}")
+    staging = artifacts_root() / ".incoming" / f"download-{uuid.uuid4().hex}"
+    staging.mkdir(parents=True)
+    try:
+        try:
+            path = download(url, staging)
+        except DownloadRefused as exc:
+            raise UploadRefused(str(exc)) from None
+
+        def chunks() -> Iterable[bytes]:
+            with open(path, "rb") as fh:
+                while block := fh.read(1 << 20):
+                    yield block
+
+        return store(
+            fmt=fmt,
+            filename=path.name,
+            chunks=chunks(),
+            name=name,
+            user=user,
+            origin=f"download:{url}",
+        )
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

@@ -230,18 +230,19 @@ def data_upload(request: HttpRequest, fmt: str) -> HttpResponse:
 
     data_format = getattr(uploads, DATA_FORMATS[fmt])
     importable = uploads.importable_files(data_format)
-    form = DataUploadForm(importable=importable)
+    downloadable = _downloadable(fmt)
+    form = DataUploadForm(importable=importable, downloadable=downloadable)
     status = 200
     if request.method == "POST":
         files = request.FILES  # parses the body; the upload handler flags an oversized file
         if getattr(request, "upload_too_large", False):
-            return _upload_too_large(request, fmt, data_format, importable)
-        form = DataUploadForm(request.POST, files, importable=importable)
+            return _upload_too_large(request, fmt, data_format, importable, downloadable)
+        form = DataUploadForm(request.POST, files, importable=importable, downloadable=downloadable)
         if form.is_valid():
             try:
                 artifact = _store(uploads, data_format, form.cleaned_data, request.user)
             except uploads.UploadRefused as exc:
-                form.add_error("file", str(exc))
+                form.add_error("url" if form.cleaned_data.get("url") else "file", str(exc))
             else:
                 messages.success(request, f"{artifact.get_kind_display()} #{artifact.pk} stored.")
                 return redirect(artifact)
@@ -250,7 +251,18 @@ def data_upload(request: HttpRequest, fmt: str) -> HttpResponse:
     return render(request, "training/data_upload.html", context, status=status)
 
 
+def _downloadable(fmt: str) -> bool:
+    """A URL field on the corpus and web-data pages, where downloads are enabled."""
+    from training.downloads import enabled
+
+    return fmt in ("corpus", "webdata") and enabled()
+
+
 def _store(uploads: Any, data_format: Any, cleaned: dict[str, Any], user: Any) -> Artifact:
+    if cleaned.get("url"):  # fetched by training.downloads, then stored like an upload
+        return uploads.download_file(
+            fmt=data_format, url=cleaned["url"], name=cleaned["name"], user=user
+        )
     if cleaned.get("file"):
         return uploads.upload(
             fmt=data_format, uploaded=cleaned["file"], name=cleaned["name"], user=user
@@ -261,12 +273,16 @@ def _store(uploads: Any, data_format: Any, cleaned: dict[str, Any], user: Any) -
 
 
 def _upload_too_large(
-    request: HttpRequest, fmt: str, data_format: Any, importable: list[str]
+    request: HttpRequest, fmt: str, data_format: Any, importable: list[str], downloadable: bool
 ) -> HttpResponse:
     from webapp.uploads import upload_cap_bytes
 
     cap_mb = upload_cap_bytes() // (1024 * 1024)
-    form = DataUploadForm(data={"name": request.POST.get("name", "")}, importable=importable)
+    form = DataUploadForm(
+        data={"name": request.POST.get("name", "")},
+        importable=importable,
+        downloadable=downloadable,
+    )
     form.full_clean()
     form.errors["file"] = form.error_class(
         [f"The file is larger than the {cap_mb} MB upload limit."]

@@ -259,6 +259,25 @@ ORCHARD_MAX_UPLOAD_MB = env_int("ORCHARD_MAX_UPLOAD_MB", 1024)
 FILE_UPLOAD_HANDLERS = ["webapp.uploads.CappedTemporaryFileUploadHandler"]
 FILE_UPLOAD_TEMP_DIR = None  # system temp; moved into ARTIFACTS_ROOT after validation
 
+# --- downloads (training/downloads.py) --------------------------------------------------------
+
+# Fetching a data file from a URL on the upload pages: off unless turned on; https only, from
+# these hosts (exact, or "*.suffix"), public addresses only, capped in size and time.
+ORCHARD_DOWNLOADS_ENABLED = env_bool("ORCHARD_DOWNLOADS_ENABLED", False)
+ORCHARD_DOWNLOAD_ALLOWED_HOSTS = env_list(
+    "ORCHARD_DOWNLOAD_ALLOWED_HOSTS",
+    ["data.commoncrawl.org", "huggingface.co", "cdn-lfs.huggingface.co", "cas-bridge.xethub.hf.co"],
+)
+# 443 is always allowed; list more (comma-separated) only for a mirror that needs them.
+ORCHARD_DOWNLOAD_ALLOWED_PORTS = [int(p) for p in env_list("ORCHARD_DOWNLOAD_ALLOWED_PORTS", [])]
+ORCHARD_DOWNLOAD_MAX_MB = env_int("ORCHARD_DOWNLOAD_MAX_MB", ORCHARD_MAX_UPLOAD_MB)
+ORCHARD_DOWNLOAD_TIMEOUT_SECONDS = env_int("ORCHARD_DOWNLOAD_TIMEOUT_SECONDS", 600)
+ORCHARD_DOWNLOAD_MAX_REDIRECTS = 5
+ORCHARD_DOWNLOAD_CA_BUNDLE = env_str("ORCHARD_DOWNLOAD_CA_BUNDLE", "")  # else the system CAs
+# Tests only (not read from the environment): lets a download reach a TLS server on 127.0.0.1;
+# refused unless DEBUG is on.
+ORCHARD_DOWNLOAD_ALLOW_LOOPBACK_FOR_TESTS = False
+
 # --- API --------------------------------------------------------------------------------------
 
 REST_FRAMEWORK = {
