@@ -34,12 +34,28 @@
     errorBox.hidden = false;
   }
 
+  // After Stop the server only notices the closed connection at its next token, and then saves
+  // what was generated; reloading before that would take the stopped reply off the page.
+  async function untilSaved(question) {
+    for (let tries = 0; tries < 20; tries++) {
+      await new Promise((resolve) => setTimeout(resolve, 250));
+      const page = await fetch(window.location.href, { cache: "no-store" }).catch(() => null);
+      if (!page || !page.ok) return;
+      const html = new DOMParser().parseFromString(await page.text(), "text/html");
+      const shown = html.getElementById(`msg-${question}`);
+      if (!shown || shown.nextElementSibling) return;
+    }
+  }
+
   async function stream(target) {
     const data = new FormData(target);
     data.append("stream", "1");
     const question = data.get("content");
     if (question !== null) bubble("user", question);
     let reply = null;
+    let asked = null;
+    let arrived = false;
+    let stopped = false;
     controller = new AbortController();
     sendButton.disabled = true;
     stopButton.hidden = false;
@@ -62,11 +78,17 @@
         while ((cut = buffer.indexOf("\n\n")) >= 0) {
           const block = buffer.slice(0, cut);
           buffer = buffer.slice(cut + 2);
-          const kind = (block.match(/^event: (.*)$/m) || [])[1];
-          const payload = JSON.parse((block.match(/^data: (.*)$/m) || [, "{}"])[1]);
-          if (kind === "start" && payload.dropped) {
-            showError(`The ${payload.dropped} oldest turns did not fit the context window and were left out.`);
+          // Lines end at "\n" only: model text may hold U+2028/U+2029, which a regex's "." and
+          // "$" treat as line ends.
+          const lines = block.split("\n");
+          const kind = (lines.find((line) => line.startsWith("event: ")) || "").slice(7);
+          const data = lines.find((line) => line.startsWith("data: "));
+          const payload = JSON.parse(data ? data.slice(6) : "{}");
+          if (kind === "start") {
+            asked = payload.question;
+            if (payload.dropped) showError(`The ${payload.dropped} oldest turns did not fit the context window and were left out.`);
           } else if (kind === "token") {
+            arrived = true;
             if (!reply) reply = bubble("assistant", "");
             reply.textContent += payload.text;
           } else if (kind === "tool_call") {
@@ -80,8 +102,11 @@
         }
       }
     } catch (e) {
-      if (e.name !== "AbortError") showError("The connection was lost; what arrived was saved.");
+      if (e.name === "AbortError") stopped = true;
+      else showError("The connection was lost; what arrived was saved.");
     } finally {
+      stopButton.disabled = true;
+      if (stopped && arrived && asked !== null) await untilSaved(asked);
       controller = null;
       window.location.reload();
     }

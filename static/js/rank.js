@@ -58,6 +58,14 @@
     list.insertBefore(dragged, after ? over.nextSibling : over);
   });
   list.addEventListener("drop", (event) => { event.preventDefault(); tiedWithAbove.delete(dragged); dragged = null; renumber(); });
+  // A drag released outside the list (or cancelled with Escape) has no drop, but dragover may
+  // already have moved the card: the ranks must follow the order shown.
+  list.addEventListener("dragend", () => {
+    if (!dragged) return;
+    tiedWithAbove.delete(dragged);
+    dragged = null;
+    renumber();
+  });
 
   document.addEventListener("keydown", (event) => {
     const card = document.activeElement && document.activeElement.closest("li.reply");
