@@ -65,6 +65,10 @@ class NewConversationStatusField(serializers.ChoiceField):
 
 
 class ProjectSerializer(serializers.ModelSerializer):
+    system_prompts = serializers.ListField(
+        child=serializers.CharField(max_length=20_000), required=False, max_length=20
+    )
+
     class Meta:
         model = Project
         fields = [
@@ -125,10 +129,17 @@ class BulkConversationSerializer(serializers.Serializer):
 
 
 class ItemsSerializer(serializers.Serializer):
-    kind = serializers.ChoiceField(choices=TaskKind.choices)
+    kind = serializers.ChoiceField(choices=TaskKind.choices[:3])
     count = serializers.IntegerField(min_value=0, max_value=10_000, default=0)
     seeds = serializers.ListField(child=serializers.ListField(child=serializers.DictField()),
                                   required=False, max_length=10_000)  # fmt: skip
+
+    def validate_seeds(self, seeds: list) -> list:
+        for index, seed in enumerate(seeds):
+            problems = services.message_problems(seed)
+            if problems:
+                raise ValidationError(f"seed {index}: {problems[0]}")
+        return seeds
 
 
 class ReviewSerializer(serializers.Serializer):

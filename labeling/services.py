@@ -382,15 +382,34 @@ def _assignment_done(assignment_id: int) -> None:
 
 
 def _check_size(messages: list[dict]) -> None:
+    problems = message_problems(messages)
+    if problems:
+        raise InvalidConversation(problems)
+
+
+def message_problems(messages: Any) -> list[str]:
+    """What keeps ``messages`` from being stored at all (drafts included): not a list of
+    objects, too many or too long turns, or NUL characters, which PostgreSQL's JSON refuses."""
     if not isinstance(messages, list) or len(messages) > MAX_MESSAGES:
-        raise InvalidConversation([f"A conversation holds at most {MAX_MESSAGES} turns."])
+        return [f"A conversation is a list of at most {MAX_MESSAGES} turns."]
     for index, message in enumerate(messages):
         if not isinstance(message, dict):
-            raise InvalidConversation([f"turn {index + 1} is not an object"])
+            return [f"turn {index + 1} is not an object"]
         if len(str(message.get("content") or "")) > MAX_TURN_CHARS:
-            raise InvalidConversation(
-                [f"turn {index + 1} is longer than {MAX_TURN_CHARS:,} characters"]
-            )
+            return [f"turn {index + 1} is longer than {MAX_TURN_CHARS:,} characters"]
+        if _has_nul(message):
+            return [f"turn {index + 1} contains a NUL character, which cannot be stored"]
+    return []
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
 
 
 def _revise(conversation: Conversation, action: str, actor: Any, note: str = "") -> Revision:

@@ -52,6 +52,12 @@ def idempotent(method: Callable[..., Response]) -> Callable[..., Response]:
             if stored is None:
                 raise
             return _replay(stored, scope)
+        if response.status_code >= 400:
+            # A copy that waited behind the first one (row lock, version check) and failed only
+            # because the first one succeeded: answer what the first one answered.
+            stored = IdempotencyRecord.objects.filter(user=request.user, key=key).first()
+            if stored is not None:
+                return _replay(stored, scope)
         return response
 
     return wrapped

@@ -516,3 +516,36 @@ def test_openapi_schema_has_no_warnings(api: Callable) -> None:
         "/api/labeling/snapshots/{id}/",
     } <= set(paths)
     assert api("tom").get("/api/schema/", HTTP_ACCEPT="application/json").status_code == 200
+
+
+def test_found_by_fuzzing_bad_system_prompts_and_nul_characters(api, project, people) -> None:
+    """Inputs schemathesis turned into 500s: each is now a 400 naming the problem."""
+    tom = api("tom")
+    for bad in (1.5, "text", False):
+        response = tom.post(
+            "/api/labeling/projects/", {"name": "x", "system_prompts": bad}, format="json"
+        )
+        assert response.status_code == 400, bad
+    form = tom.post("/api/labeling/projects/", {"name": "x", "system_prompts": "null"})
+    assert form.status_code in (201, 400)  # a form field "null" is a one-item list or refused
+    nul = [{"role": "user", "content": "a\x00b"}, {"role": "assistant", "content": "ok"}]
+    bulk = tom.post(
+        f"/api/labeling/projects/{project.pk}/conversations/",
+        {"conversations": [{"messages": nul}], "status": "draft"},
+        format="json",
+    )
+    assert bulk.status_code == 400 and "NUL" in json.dumps(bulk.json())
+    items = tom.post(
+        f"/api/labeling/projects/{project.pk}/items/",
+        {"kind": "reply", "seeds": [[{"role": "user", "content": "\x00"}]]},
+        format="json",
+    )
+    assert items.status_code == 400
+    draft = services.conversation_create(project=project, user=people["lena"], messages=GOOD)
+    put = api("lena").put(
+        f"/api/labeling/conversations/{draft.pk}/",
+        {"messages": nul, "version": draft.version},
+        format="json",
+    )
+    assert put.status_code == 400
+    assert Conversation.objects.get(pk=draft.pk).messages == GOOD
