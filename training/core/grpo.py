@@ -42,10 +42,11 @@ turned NaN stop the run with ValueError ("training diverged at step N: loss is n
 learning rate") before the optimizer applies the step; the last complete checkpoint stays.
 
 Checkpoints and cancelling work as in :mod:`training.core.sft` (and reuse
-:mod:`training.core.hf_checkpoints`): ``checkpoint-N`` folders under ``work_dir/checkpoints``
-every ``save_every`` steps, when ``reporter.should_stop()`` turns true (the run then returns
-``stopped_early``) and at the end; only folders marked ``COMPLETE`` after their save are
-resumed from, and a new run in the same ``work_dir`` continues from the newest one.
+:mod:`training.core.trl_common` and :mod:`training.core.hf_checkpoints`): ``checkpoint-N``
+folders under ``work_dir/checkpoints`` every ``save_every`` steps, when
+``reporter.should_stop()`` turns true (the run then returns ``stopped_early``) and at the end;
+only folders marked ``COMPLETE`` after their save are resumed from, and a new run in the same
+``work_dir`` continues from the newest one.
 
 Output in ``out_dir``: a full causal-LM folder (``config.json``, ``model.safetensors``,
 ``generation_config.json`` whose eos includes ``<|im_end|>``, the tokenizer files,
@@ -72,44 +73,67 @@ Simplifications:
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import shutil
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-from pydantic_core import InitErrorDetails, PydanticCustomError
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from training.core.checkers import CheckResult, check, has_answer_marker
 from training.core.checkpoints import read_complete
-from training.core.hf_checkpoints import (
-    CHECKPOINT_PREFIX,
-    latest_checkpoint,
-    mark_complete,
-    prune_checkpoints,
-)
 from training.core.problems import read_problems
 from training.core.reporting import Cancelled, Reporter
+from training.core.trl_common import (
+    ReporterBridge,
+    StageRun,
+    TrainerSession,
+    base_dir,
+    check_vocab,
+    common_training_arguments,
+    context_window,
+    count_parameters,
+    every,
+    load_causal_lm,
+    load_chat_tokenizer,
+    raise_field_error,
+    require_eos,
+    set_generation_defaults,
+    snapshot_dirs,
+    spread,
+    start_training,
+    write_model_folder,
+)
 
 if TYPE_CHECKING:  # torch, transformers and trl load only when a run starts
     import torch
     from transformers import (
-        PreTrainedModel,
         PreTrainedTokenizerBase,
         TrainerControl,
         TrainerState,
         TrainingArguments,
     )
 
-WEIGHTS_FILES = ("model.safetensors", "model.safetensors.index.json")
 ROLLOUT_TEXT_LIMIT = 2000  # characters of each reply kept in a rollouts record
 EVALUATION_RECORD_PROBLEMS = 16  # per-problem rows kept in an evaluation record
 ENGINE_MAX_N = 16  # SamplingParams.n's limit: more samples are drawn in several calls
+METRIC_NAMES = {  # TRL's log keys -> the reporter's metric names
+    "loss": "train/loss",
+    "grad_norm": "train/grad_norm",
+    "learning_rate": "train/lr",
+    "reward": "reward/mean",
+    "reward_std": "reward/std",
+    "accuracy": "train/accuracy",
+    "completions/mean_length": "completion/mean_length",
+    "completions/clipped_ratio": "completion/clipped_ratio",
+    "kl": "kl",
+    "entropy": "train/entropy",
+    "frac_reward_zero_std": "reward/zero_std_fraction",
+    "rewards/answer_format/mean": "reward/format",
+}
+MUST_BE_FINITE = ("loss", "grad_norm", "reward")  # in a log, or training diverged
 
 
 class GRPOConfig(BaseModel):
@@ -260,7 +284,7 @@ class GRPOConfig(BaseModel):
         replies = self.batch_size * self.gradient_accumulation_steps
         if replies % self.num_generations:
             fit = -(-self.batch_size // self.num_generations) * self.num_generations
-            _raise_field_error(
+            raise_field_error(
                 self,
                 "batch_size",
                 self.batch_size,
@@ -271,7 +295,7 @@ class GRPOConfig(BaseModel):
                 {"replies": replies, "num_generations": self.num_generations, "fit": fit},
             )
         if self.eval_samples < self.eval_k:
-            _raise_field_error(
+            raise_field_error(
                 self,
                 "eval_samples",
                 self.eval_samples,
@@ -284,16 +308,6 @@ class GRPOConfig(BaseModel):
     @property
     def problems_per_step(self) -> int:
         return self.batch_size * self.gradient_accumulation_steps // self.num_generations
-
-
-def _raise_field_error(
-    model: BaseModel, field_name: str, value: Any, kind: str, message: str, context: dict[str, Any]
-) -> None:
-    """A ValidationError located at ``field_name``, so a web form shows it next to that field."""
-    problem = PydanticCustomError(kind, message, context)
-    raise ValidationError.from_exception_data(
-        type(model).__name__, [InitErrorDetails(type=problem, loc=(field_name,), input=value)]
-    )
 
 
 def diverged_message(step: int, what: str, value: float, advice: str = "") -> str:
@@ -343,16 +357,13 @@ def prompt_messages(problem: dict[str, Any], system_prompt: str | None) -> list[
 
 
 def _problem_dirs(inputs: dict[str, list[Path]]) -> list[Path]:
-    paths = [Path(p) for p in inputs.get("problems") or []]
-    if not paths:
-        raise ValueError(
-            'reinforcement learning needs at least one problem snapshot as input "problems": '
-            "there is nothing to practise on"
-        )
-    for path in paths:
-        if not path.is_dir():
-            raise ValueError(f"problem snapshot not found: {path}")
-    return paths
+    return snapshot_dirs(
+        inputs,
+        "problems",
+        purpose="reinforcement learning",
+        kind="problem snapshot",
+        missing="there is nothing to practise on",
+    )
 
 
 def load_problem_data(
@@ -409,15 +420,11 @@ def load_problem_data(
             f"/ num_generations): lower batch_size or add problems"
         )
     held_out = bool(validation)
-    pool = validation if held_out else train
     if not held_out:
         reporter.log("no held-out problems: evaluating on training problems instead")
-    if len(pool) > cfg.eval_problems:
-        stride = len(pool) / cfg.eval_problems  # a fixed, evenly spread selection
-        pool = [pool[int(i * stride)] for i in range(cfg.eval_problems)]
     return ProblemData(
         train=train,
-        validation=pool,
+        validation=spread(validation if held_out else train, cfg.eval_problems),
         held_out=held_out,
         snapshots=snapshots,
         dropped_too_long=dropped,
@@ -573,61 +580,15 @@ def _score_problem(
 
 
 def _base_dir(inputs: dict[str, list[Path]]) -> Path:
-    dirs = [Path(p) for p in inputs.get("base") or []]
-    if len(dirs) != 1:
-        raise ValueError(
-            f'reinforcement learning needs exactly one model folder as input "base", got '
-            f"{len(dirs)}"
-        )
-    base = dirs[0]
-    if (base / "adapter_config.json").is_file():
-        raise ValueError(
-            f"{base} is a LoRA adapter, not a full model: merge the adapter first "
-            "(training.core.sft.merge_adapter)"
-        )
-    if not (base / "config.json").is_file():
-        raise ValueError(f"{base} is not a model folder (no config.json)")
-    if not any((base / name).is_file() for name in WEIGHTS_FILES):
-        raise ValueError(
-            f"{base} has no model.safetensors: only safetensors weights are loaded (pickled "
-            "pytorch_model.bin files are refused)"
-        )
-    return base
+    return base_dir(inputs, "reinforcement learning")
 
 
 def _load_tokenizer(path: Path) -> PreTrainedTokenizerBase:
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
-    if not tok.chat_template:
-        raise ValueError(f"the tokenizer in {path} has no chat template (chat_template.jinja)")
-    if tok.eos_token_id is None:
-        raise ValueError(f"the tokenizer in {path} has no eos token to end the assistant's turn")
+    tok = load_chat_tokenizer(path)
+    require_eos(tok, path)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok
-
-
-def _load_model(base: Path) -> PreTrainedModel:
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    # fp32 weights: with dtype bf16 the Trainer autocasts the matmuls, the master weights stay.
-    return AutoModelForCausalLM.from_pretrained(
-        base,
-        dtype=torch.float32,
-        use_safetensors=True,
-        local_files_only=True,
-        trust_remote_code=False,
-    )
-
-
-def _context_window(base: Path) -> int:
-    config = json.loads((base / "config.json").read_text())
-    window = config.get("max_position_embeddings") or config.get("n_positions")
-    if not isinstance(window, int) or window <= 0:
-        raise ValueError(f"{base}/config.json does not say the model's context window")
-    return window
 
 
 def _weights_finite(model: torch.nn.Module) -> bool:
@@ -654,98 +615,36 @@ def _trainer_class() -> type:
     return OrchardGRPOTrainer
 
 
-def _bridge_class() -> type:
-    """The reporter bridge, defined when transformers is imported (it subclasses its callback)."""
-    from transformers import TrainerCallback
+class GRPOBridge(ReporterBridge):
+    """The shared bridge, plus divergence checks: a gradient norm that is not finite before the
+    optimizer applies it, and a loss, gradient norm or reward in a log."""
 
-    class ReporterBridge(TrainerCallback):
-        """Progress, metrics, divergence checks, evaluation, stop and checkpoints."""
+    def on_pre_optimizer_step(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> TrainerControl:
+        import torch
 
-        METRIC_NAMES = {
-            "loss": "train/loss",
-            "grad_norm": "train/grad_norm",
-            "learning_rate": "train/lr",
-            "reward": "reward/mean",
-            "reward_std": "reward/std",
-            "accuracy": "train/accuracy",
-            "completions/mean_length": "completion/mean_length",
-            "completions/clipped_ratio": "completion/clipped_ratio",
-            "kl": "kl",
-            "entropy": "train/entropy",
-            "frac_reward_zero_std": "reward/zero_std_fraction",
-            "rewards/answer_format/mean": "reward/format",
-        }
-        MUST_BE_FINITE = ("loss", "grad_norm", "reward")
+        model = kw.get("model")
+        grads = [p.grad for p in model.parameters() if p.grad is not None] if model else []
+        if grads:
+            total = torch.stack([g.detach().float().norm() for g in grads]).norm().item()
+            if not math.isfinite(total):
+                raise ValueError(diverged_message(state.global_step + 1, "grad_norm", total))
+        return control
 
-        def __init__(self, session: Session) -> None:
-            self.session = session
-            self.stopped = False
-
-        def on_pre_optimizer_step(
-            self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
-        ) -> TrainerControl:
-            import torch
-
-            model = kw.get("model")
-            grads = [p.grad for p in model.parameters() if p.grad is not None] if model else []
-            if grads:
-                total = torch.stack([g.detach().float().norm() for g in grads]).norm().item()
-                if not math.isfinite(total):
-                    raise ValueError(diverged_message(state.global_step + 1, "grad_norm", total))
-            return control
-
-        def on_step_end(
-            self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
-        ) -> TrainerControl:
-            session = self.session
-            step, total = state.global_step, state.max_steps
-            session.reporter.progress(step, total)
-            last = step >= total
-            every = session.cfg.eval_every
-            if every and step % every == 0 and not last and not session.reporter.should_stop():
-                session.evaluate(step)
-            if last:
-                control.should_save = True  # the end is a resume point too
-            elif session.reporter.should_stop():
-                self.stopped = True
-                control.should_training_stop = True
-                control.should_save = True
-            return control
-
-        def on_save(
-            self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
-        ) -> TrainerControl:
-            session = self.session
-            folder = session.checkpoints_dir / f"{CHECKPOINT_PREFIX}{state.global_step}"
-            if folder.is_dir():
-                meta = {"stage": "grpo", "eval_before": session.eval_before}
-                mark_complete(folder, state.global_step, meta)
-                prune_checkpoints(session.checkpoints_dir, session.cfg.keep_checkpoints)
-            return control
-
-        def on_log(
-            self,
-            args: TrainingArguments,
-            state: TrainerState,
-            control: TrainerControl,
-            logs: dict[str, float] | None = None,
-            **kw: Any,
-        ) -> TrainerControl:
-            logs = logs or {}
-            for key in self.MUST_BE_FINITE:
-                value = logs.get(key)
-                if isinstance(value, int | float) and not math.isfinite(value):
-                    raise ValueError(diverged_message(state.global_step, key, value))
-            values = {
-                name: float(logs[key])
-                for key, name in self.METRIC_NAMES.items()
-                if isinstance(logs.get(key), int | float)
-            }
-            if values:
-                self.session.reporter.metrics(values, state.global_step)
-            return control
-
-    return ReporterBridge
+    def on_log(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: dict[str, float] | None = None,
+        **kw: Any,
+    ) -> TrainerControl:
+        for key in MUST_BE_FINITE:
+            value = (logs or {}).get(key)
+            if isinstance(value, int | float) and not math.isfinite(value):
+                raise ValueError(diverged_message(state.global_step, key, value))
+        return super().on_log(args, state, control, logs, **kw)
 
 
 class RewardFunctions:
@@ -844,28 +743,29 @@ class RewardFunctions:
         session.reporter.record("rollouts", payload, step)
 
 
-@dataclass
-class Session:
+@dataclass(kw_only=True)
+class Session(TrainerSession):
     """A prepared GRPO run: problems, model, trainer and what it reports to."""
 
+    metric_names = METRIC_NAMES
+    bridge_class = GRPOBridge
+
     cfg: GRPOConfig
-    base_dir: Path
-    tok: PreTrainedTokenizerBase
     data: ProblemData
-    checkpoints_dir: Path
-    reporter: Reporter
     max_completion_length: int
-    device: torch.device
-    amp_dtype: torch.dtype | None
-    trainer: Any = None
-    bridge: Any = None
     rewards: RewardFunctions | None = None
     eval_before: dict[str, Any] | None = None
     evaluations: list[dict[str, Any]] = field(default_factory=list)
 
-    @property
-    def model(self) -> PreTrainedModel:
-        return self.trainer.model
+    def on_step(self, step: int, last: bool) -> None:
+        """Evaluate every ``eval_every`` steps, unless asked to stop (the end is evaluated after
+        training)."""
+        if every(step, last, self.cfg.eval_every) and not self.reporter.should_stop():
+            self.evaluate(step)
+
+    def checkpoint_meta(self) -> dict[str, Any]:
+        """What a checkpoint records: the stage and the evaluation before training."""
+        return {"stage": "grpo", "eval_before": self.eval_before}
 
     def evaluate(self, step: int) -> dict[str, Any]:
         """Held-out pass@1, pass@k and accuracy: reported, recorded and returned."""
@@ -912,13 +812,16 @@ def training_arguments(
     TRL turns on bf16 and activation checkpointing, samples 8 x 512 tokens and uses a learning
     rate of 1e-6; its logging drops a NaN loss silently (``logging_nan_inf_filter``).
     """
-    import torch
     from trl import GRPOConfig as TRLGRPOConfig
 
     return TRLGRPOConfig(
-        output_dir=str(checkpoints_dir),
-        per_device_train_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        **common_training_arguments(
+            cfg,
+            checkpoints_dir,
+            learning_rate=cfg.learning_rate,
+            device=device,
+            amp_dtype=amp_dtype,
+        ),
         num_generations=cfg.num_generations,
         max_completion_length=max_completion_length,
         temperature=cfg.temperature,
@@ -929,29 +832,9 @@ def training_arguments(
         scale_rewards=cfg.scale_rewards,
         reward_weights=reward_weights,
         num_iterations=1,
-        learning_rate=cfg.learning_rate,
-        lr_scheduler_type=cfg.lr_schedule,
-        warmup_steps=cfg.warmup_steps,
-        weight_decay=0.0,
-        max_steps=cfg.max_steps,
-        logging_steps=cfg.log_every,
-        logging_first_step=True,
         logging_nan_inf_filter=False,  # a NaN loss must show, not be averaged away
         eval_strategy="no",
-        save_strategy="steps",
-        save_steps=cfg.save_every,
-        save_total_limit=None,  # pruned by the bridge, which knows which folders are complete
-        seed=cfg.seed,
-        data_seed=cfg.seed,
         shuffle_dataset=True,
-        bf16=amp_dtype == torch.bfloat16,
-        fp16=False,
-        activation_checkpointing=False,
-        use_cpu=device.type == "cpu",
-        dataloader_pin_memory=False,
-        report_to="none",
-        disable_tqdm=True,
-        push_to_hub=False,
         use_vllm=False,
         log_completions=False,
     )
@@ -967,21 +850,11 @@ def prepare(
 
     ValueError with a message for people when the inputs cannot work. Nothing is trained yet.
     """
-    import datasets
-    from transformers import PrinterCallback
-    from transformers.utils import logging as hf_logging
-
-    from training.core.device import autocast_dtype, pick_device
-    from training.core.sft import set_generation_defaults
-
-    hf_logging.disable_progress_bar()
-    datasets.disable_progress_bars()
-    device = pick_device(cfg.device)  # refuse a missing GPU before reading anything
-    amp_dtype = autocast_dtype(device, cfg.dtype)
+    device, amp_dtype = start_training(cfg)  # refuses a missing GPU before reading anything
     base = _base_dir(inputs)
     paths = _problem_dirs(inputs)
     tok = _load_tokenizer(base)
-    window = _context_window(base)
+    window = context_window(base)
     max_completion = cfg.max_completion_length
     if max_completion >= window:
         max_completion = window // 2
@@ -995,13 +868,8 @@ def prepare(
     if reporter.should_stop():
         raise Cancelled()
 
-    model = _load_model(base)
-    if len(tok) > model.get_input_embeddings().num_embeddings:
-        raise ValueError(
-            f"the tokenizer has {len(tok)} tokens but the model's embedding only "
-            f"{model.get_input_embeddings().num_embeddings}: use the tokenizer the model was "
-            "trained with"
-        )
+    model = load_causal_lm(base)
+    check_vocab(tok, model)
     if not _weights_finite(model):
         raise ValueError(f"the base model in {base} has weights that are NaN or infinite")
     set_generation_defaults(model, tok)
@@ -1032,10 +900,8 @@ def prepare(
         train_dataset=to_dataset(data.train, cfg.system_prompt),
         processing_class=tok,
     )
-    trainer.remove_callback(PrinterCallback)  # it prints every log to stdout
     session.trainer = trainer
-    session.bridge = _bridge_class()(session)
-    trainer.add_callback(session.bridge)
+    session.attach_bridge()
     return session
 
 
@@ -1056,32 +922,25 @@ def run(
     partial result is returned with ``"stopped_early": True``; ``out_dir`` then gets no model.
     ValueError (with a message for people) when the inputs cannot work or training diverges.
     """
-    from training.core.device import dtype_name
-    from training.core.sft import count_parameters
+    stage = StageRun.begin(out_dir, work_dir)
+    session = prepare(cfg, inputs, stage.checkpoints, reporter)
 
-    started = time.monotonic()
-    out_dir = Path(out_dir)
-    own_work_dir = work_dir is None
-    work = Path(work_dir) if work_dir is not None else out_dir / ".work"
-    checkpoints_dir = work / "checkpoints"
-    session = prepare(cfg, inputs, checkpoints_dir, reporter)
-    resume = latest_checkpoint(checkpoints_dir, reporter)
-    if resume is not None:
-        session.eval_before = _check_resumable(resume[1], resume[0])
-        reporter.log(f"resuming from the checkpoint at step {resume[0]}")
+    def resumable(folder: Path, step: int) -> None:
+        session.eval_before = _check_resumable(folder, step)
+
+    stage.find_resume(reporter, resumable)
 
     trainable, total = count_parameters(session.model)
     problems_per_step = cfg.problems_per_step
     reporter.log(
         f"GRPO: {total:,} parameters; {len(session.data.train)} training problems, "
         f"{problems_per_step} per step x {cfg.num_generations} replies of at most "
-        f"{session.max_completion_length} tokens; on {session.device.type} in "
-        f"{dtype_name(session.amp_dtype)}"
+        f"{session.max_completion_length} tokens; {session.where()}"
     )
-    if resume is None:
+    if stage.resume is None:
         session.eval_before = session.evaluate(0)
     try:
-        session.trainer.train(resume_from_checkpoint=str(resume[1]) if resume else None)
+        state, stopped = session.train(stage.resume)
     except RuntimeError as exc:
         # Sampling from NaN logits fails inside generate ("probability tensor contains inf/nan").
         if _weights_finite(session.model):
@@ -1091,12 +950,8 @@ def run(
             f"training diverged at step {step}: the model's weights are nan or inf; lower the "
             "learning rate"
         ) from exc
-    state = session.trainer.state
-    stopped = bool(session.bridge.stopped)
     eval_after = None
-    if stopped:
-        reporter.log(f"stopped at step {state.global_step}; a checkpoint was saved")
-    else:
+    if not stopped:
         done = [e for e in session.evaluations if e["step"] == state.global_step]
         eval_after = done[-1] if done else session.evaluate(state.global_step)
 
@@ -1114,10 +969,7 @@ def run(
     before = session.eval_before or {}
     after = eval_after or {}
     result = {
-        "steps": state.global_step,
-        "max_steps": state.max_steps,
-        "stopped_early": stopped,
-        "resumed_from_step": resume[0] if resume else None,
+        **stage.result_head(state, stopped),
         "reward_first": rewards[0] if rewards else None,
         "reward_last": rewards[-1] if rewards else None,
         "accuracy_first": accuracy[0] if accuracy else None,
@@ -1139,14 +991,11 @@ def run(
         "max_completion_length": session.max_completion_length,
         "trainable_params": trainable,
         "total_params": total,
-        "device": session.device.type,
-        "dtype": dtype_name(session.amp_dtype),
-        "seconds": round(time.monotonic() - started, 3),
+        **stage.result_tail(session),
     }
     if not stopped:
-        _write_output(session, out_dir, result)
-        if own_work_dir:
-            shutil.rmtree(work, ignore_errors=True)
+        _write_output(session, stage.out_dir, result)
+        stage.clean_up()
     return result
 
 
@@ -1165,14 +1014,8 @@ def _check_resumable(folder: Path, step: int) -> dict[str, Any] | None:
 
 def _write_output(session: Session, out_dir: Path, result: dict[str, Any]) -> None:
     """The final model folder; ``orchard.json`` last, since it means complete."""
-    from training.core.sft import set_generation_defaults
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "orchard.json").unlink(missing_ok=True)
     model = session.model
     set_generation_defaults(model, session.tok)
-    model.save_pretrained(out_dir)
-    session.tok.save_pretrained(out_dir)
     manifest = {
         "kind": "checkpoint",
         "stage": "grpo",
@@ -1183,6 +1026,4 @@ def _write_output(session: Session, out_dir: Path, result: dict[str, Any]) -> No
             "evaluations": session.evaluations,
         },
     }
-    tmp = out_dir / ".orchard.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=1, ensure_ascii=False))
-    os.replace(tmp, out_dir / "orchard.json")
+    write_model_folder(out_dir, model, session.tok, manifest)

@@ -76,36 +76,39 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import random
-import shutil
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from training.core.checkpoints import read_complete
-from training.core.hf_checkpoints import (
-    CHECKPOINT_PREFIX,
-    latest_checkpoint,
-    mark_complete,
-    prune_checkpoints,
-)
 from training.core.reporting import Cancelled, Reporter
+from training.core.trl_common import (
+    StageRun,
+    TrainerSession,
+    base_dir,
+    check_model_folder,
+    check_vocab,
+    common_training_arguments,
+    context_window,
+    count_parameters,
+    every,
+    fitted_max_length,
+    load_chat_tokenizer,
+    load_pretrained,
+    read_jsonl,
+    same_method,
+    snapshot_dirs,
+    spread,
+    start_training,
+    write_model_folder,
+)
 
 if TYPE_CHECKING:  # torch, transformers, datasets, trl and peft load only when a run starts
     import torch
     from datasets import Dataset
-    from transformers import (
-        PreTrainedModel,
-        PreTrainedTokenizerBase,
-        TrainerControl,
-        TrainerState,
-        TrainingArguments,
-    )
-    from trl import RewardTrainer
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 ROLES = ("system", "user", "assistant", "tool")
 MEASURE_BATCH = 256  # conversations rendered and tokenized per call while measuring
@@ -113,7 +116,16 @@ WORST_PAIRS = 20  # held-out pairs listed in the worst_pairs record
 # Without an explicit learning rate: TRL's default for full fine-tuning of a reward model (its
 # head and the transformer move together), ten times that for LoRA, whose B matrices start at 0.
 DEFAULT_LEARNING_RATE = {"full": 1e-4, "lora": 1e-3}
-WEIGHTS_FILES = ("model.safetensors", "model.safetensors.index.json")
+METRIC_NAMES = {  # TRL's log keys -> the reporter's metric names
+    "loss": "train/loss",
+    "accuracy": "train/accuracy",
+    "margin": "train/margin",
+    "mean_reward": "train/mean_reward",
+    "learning_rate": "train/lr",
+    "grad_norm": "train/grad_norm",
+}
+# The end of the message for a LoRA adapter given as a base, after the hint to merge it.
+ADAPTER_ADVICE = " and use the merged model"
 
 ModuleName = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 Messages = list[dict[str, Any]]
@@ -342,18 +354,7 @@ class TrainingData:
 
 def read_pairs(path: Path) -> list[Pair]:
     """Parse and check a JSONL file of preference pairs; ValueError names the file and line."""
-    pairs = []
-    with open(path, encoding="utf-8") as fh:
-        for number, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}, line {number}"
-            try:
-                record = json.loads(line)
-            except ValueError as exc:
-                raise ValueError(f"{where}: not valid JSON ({exc})") from None
-            pairs.append(_parse_pair(record, where))
-    return pairs
+    return [_parse_pair(record, where) for where, record in read_jsonl(path)]
 
 
 def _parse_pair(record: Any, where: str) -> Pair:
@@ -522,14 +523,10 @@ def load_data(
             f"{snapshot.dropped_validation} validation pairs longer than {max_length} tokens"
         )
         snapshots.append(snapshot)
-    validation = [p for s in snapshots for p in s.validation]
-    if len(validation) > cfg.max_eval_pairs:
-        stride = len(validation) / cfg.max_eval_pairs
-        validation = [validation[int(i * stride)] for i in range(cfg.max_eval_pairs)]
     return TrainingData(
         snapshots=snapshots,
         train=[p for s in snapshots for p in s.train],
-        validation=validation,
+        validation=spread([p for s in snapshots for p in s.validation], cfg.max_eval_pairs),
     )
 
 
@@ -557,50 +554,21 @@ def to_dataset(pairs: list[Pair], with_margin: bool) -> Dataset:
 
 
 def _base_dir(inputs: dict[str, list[Path]]) -> Path:
-    dirs = [Path(p) for p in inputs.get("base") or []]
-    if len(dirs) != 1:
-        raise ValueError(
-            f'a reward model needs exactly one model folder as input "base", got {len(dirs)}'
-        )
-    base = dirs[0]
-    _check_model_folder(base)
-    return base
-
-
-def _check_model_folder(path: Path) -> None:
-    if (path / "adapter_config.json").is_file():
-        raise ValueError(
-            f"{path} is a LoRA adapter, not a full model: merge the adapter first "
-            "(training.core.sft.merge_adapter) and use the merged model"
-        )
-    if not (path / "config.json").is_file():
-        raise ValueError(f"{path} is not a model folder (no config.json)")
-    if not any((path / name).is_file() for name in WEIGHTS_FILES):
-        raise ValueError(
-            f"{path} has no model.safetensors: only safetensors weights are loaded (pickled "
-            "pytorch_model.bin files are refused)"
-        )
+    return base_dir(inputs, "a reward model", ADAPTER_ADVICE)
 
 
 def _dataset_dirs(inputs: dict[str, list[Path]]) -> list[Path]:
-    paths = [Path(p) for p in inputs.get("datasets") or []]
-    if not paths:
-        raise ValueError(
-            'a reward model needs at least one preference snapshot as input "datasets": there '
-            "are no pairs to train on"
-        )
-    for path in paths:
-        if not path.is_dir():
-            raise ValueError(f"preference snapshot not found: {path}")
-    return paths
+    return snapshot_dirs(
+        inputs,
+        "datasets",
+        purpose="a reward model",
+        kind="preference snapshot",
+        missing="there are no pairs to train on",
+    )
 
 
 def _load_tokenizer(path: Path) -> PreTrainedTokenizerBase:
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
-    if not tok.chat_template:
-        raise ValueError(f"the tokenizer in {path} has no chat template (chat_template.jinja)")
+    tok = load_chat_tokenizer(path)
     if tok.pad_token is None:  # what TRL does too; then the eos ending a turn counts as padding
         tok.pad_token = tok.eos_token
     if tok.pad_token is None:
@@ -609,17 +577,8 @@ def _load_tokenizer(path: Path) -> PreTrainedTokenizerBase:
     return tok
 
 
-def _context_window(base: Path) -> int:
-    config = json.loads((base / "config.json").read_text())
-    window = config.get("max_position_embeddings") or config.get("n_positions")
-    if not isinstance(window, int) or window <= 0:
-        raise ValueError(f"{base}/config.json does not say the model's context window")
-    return window
-
-
 def _load_seq_cls(path: Path, seed: int | None = None) -> PreTrainedModel:
     """The folder as a one-output sequence classifier in fp32; a new head is seeded."""
-    import torch
     from transformers import AutoModelForSequenceClassification, set_seed
 
     try:  # quiets "score.weight newly initialized" and "lm_head.weight unexpected"
@@ -630,20 +589,7 @@ def _load_seq_cls(path: Path, seed: int | None = None) -> PreTrainedModel:
     if seed is not None:
         set_seed(seed)
     with suppress_seqcls_warning():
-        return AutoModelForSequenceClassification.from_pretrained(
-            path,
-            num_labels=1,
-            dtype=torch.float32,
-            use_safetensors=True,
-            local_files_only=True,
-            trust_remote_code=False,
-        )
-
-
-def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
-    """(trainable, total) parameters; tied weights count once."""
-    params = list(model.parameters())
-    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+        return load_pretrained(AutoModelForSequenceClassification, path, num_labels=1)
 
 
 # ---------------------------------------------------------------------------- scoring helpers
@@ -652,7 +598,7 @@ def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
 def load_reward_model(path: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """``(model, tokenizer)`` of a reward model folder, in eval mode (safetensors, local only)."""
     path = Path(path)
-    _check_model_folder(path)
+    check_model_folder(path, ADAPTER_ADVICE)
     config = json.loads((path / "config.json").read_text())
     architectures = config.get("architectures") or []
     labels = len(config.get("id2label") or {}) or config.get("num_labels")
@@ -813,93 +759,16 @@ def score_pairs(
 # -------------------------------------------------------------------------- trainer and bridge
 
 
-def _bridge_class() -> type:
-    """The reporter bridge, defined when transformers is imported (it subclasses its callback)."""
-    from transformers import TrainerCallback
-
-    class ReporterBridge(TrainerCallback):
-        """Forwards progress and TRL's logs to the reporter; validation; marks checkpoints."""
-
-        METRIC_NAMES = {
-            "loss": "train/loss",
-            "accuracy": "train/accuracy",
-            "margin": "train/margin",
-            "mean_reward": "train/mean_reward",
-            "learning_rate": "train/lr",
-            "grad_norm": "train/grad_norm",
-        }
-
-        def __init__(self, session: Session) -> None:
-            self.session = session
-            self.stopped = False
-
-        def on_step_end(
-            self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
-        ) -> TrainerControl:
-            session = self.session
-            step, total = state.global_step, state.max_steps
-            session.reporter.progress(step, total)
-            last = step >= total
-            if session.cfg.eval_every and step % session.cfg.eval_every == 0 and not last:
-                session.validate(step)
-            if last:
-                control.should_save = True  # the end is a resume point too
-            elif session.reporter.should_stop():
-                self.stopped = True
-                control.should_training_stop = True
-                control.should_save = True
-            return control
-
-        def on_save(
-            self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
-        ) -> TrainerControl:
-            session = self.session
-            folder = session.checkpoints_dir / f"{CHECKPOINT_PREFIX}{state.global_step}"
-            if folder.is_dir():
-                mark_complete(folder, state.global_step, {"method": session.cfg.method})
-                prune_checkpoints(session.checkpoints_dir, session.cfg.keep_checkpoints)
-            return control
-
-        def on_log(
-            self,
-            args: TrainingArguments,
-            state: TrainerState,
-            control: TrainerControl,
-            logs: dict[str, float] | None = None,
-            **kw: Any,
-        ) -> TrainerControl:
-            values = {
-                name: float(logs[key])
-                for key, name in self.METRIC_NAMES.items()
-                if logs and isinstance(logs.get(key), int | float)
-            }
-            if values:
-                self.session.reporter.metrics(values, state.global_step)
-            return control
-
-    return ReporterBridge
-
-
-@dataclass
-class Session:
+@dataclass(kw_only=True)
+class Session(TrainerSession):
     """A prepared reward-model run: data, model, trainer and what it reports to."""
 
-    cfg: RewardConfig
-    base_dir: Path
-    tok: PreTrainedTokenizerBase
-    data: TrainingData
-    trainer: RewardTrainer
-    checkpoints_dir: Path
-    reporter: Reporter
-    max_length: int
-    device: torch.device
-    amp_dtype: torch.dtype | None
-    bridge: Any = None
-    validated: dict[int, PairScores] = field(default_factory=dict)  # by step
+    metric_names = METRIC_NAMES
 
-    @property
-    def model(self) -> PreTrainedModel:
-        return self.trainer.model
+    cfg: RewardConfig
+    data: TrainingData
+    max_length: int
+    validated: dict[int, PairScores] = field(default_factory=dict)  # by step
 
     def measure(self, pairs: list[Pair]) -> PairScores:
         return score_pairs(
@@ -911,6 +780,11 @@ class Session:
             center_coefficient=self.cfg.center_rewards_coefficient,
             amp_dtype=self.amp_dtype,
         )
+
+    def on_step(self, step: int, last: bool) -> None:
+        """Validate every ``eval_every`` steps (the end is validated after training)."""
+        if every(step, last, self.cfg.eval_every):
+            self.validate(step)
 
     def validate(self, step: int) -> PairScores | None:
         """Score the held-out pairs and report ``val/loss``, ``val/accuracy``, ``val/margin``."""
@@ -939,41 +813,24 @@ def training_arguments(
 ) -> Any:
     """TRL's ``RewardConfig`` for this run, with every default that does not suit us overridden
     (bf16 and activation checkpointing are on by default in TRL)."""
-    import torch
     from trl import RewardConfig as TRLConfig
 
     return TRLConfig(
-        output_dir=str(checkpoints_dir),
+        **common_training_arguments(
+            cfg,
+            checkpoints_dir,
+            learning_rate=cfg.peak_learning_rate(),
+            device=device,
+            amp_dtype=amp_dtype,
+        ),
         max_length=max_length,
         center_rewards_coefficient=cfg.center_rewards_coefficient,
-        per_device_train_batch_size=cfg.batch_size,
         per_device_eval_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        learning_rate=cfg.peak_learning_rate(),
-        lr_scheduler_type=cfg.lr_schedule,
-        warmup_steps=cfg.warmup_steps,
-        weight_decay=0.0,
         num_train_epochs=cfg.epochs,
-        max_steps=cfg.max_steps or -1,
-        logging_steps=cfg.log_every,
-        logging_first_step=True,  # train_loss_first is the loss before any update
         eval_strategy="no",  # validation is scored by the bridge (exact pairwise accuracy)
-        save_strategy="steps",
-        save_steps=cfg.save_every,
-        save_total_limit=None,  # pruned by the bridge, which knows which folders are complete
-        seed=cfg.seed,
-        data_seed=cfg.seed,
-        bf16=amp_dtype == torch.bfloat16,
-        fp16=False,
-        activation_checkpointing=False,
         # TRL would also zero the LoRA dropout (it disables dropout after wrapping the model):
         # prepare() zeroes the base model's dropout itself, before the adapter is added.
         disable_dropout=False,
-        use_cpu=device.type == "cpu",
-        dataloader_pin_memory=False,
-        report_to="none",
-        disable_tqdm=True,
-        push_to_hub=False,
     )
 
 
@@ -1001,28 +858,15 @@ def prepare(
     ValueError with a message for people when the inputs cannot work. Nothing is trained yet:
     ``session.trainer.train_dataset`` is the tokenized training set TRL will use.
     """
-    import datasets
     import torch
-    from transformers import PrinterCallback
-    from transformers.utils import logging as hf_logging
     from trl import RewardTrainer
 
-    from training.core.device import autocast_dtype, pick_device
-
-    hf_logging.disable_progress_bar()
-    datasets.disable_progress_bars()
-    device = pick_device(cfg.device)
-    amp_dtype = autocast_dtype(device, cfg.dtype)
+    device, amp_dtype = start_training(cfg)
     base = _base_dir(inputs)
     paths = _dataset_dirs(inputs)
     tok = _load_tokenizer(base)
-    window = _context_window(base)
-    max_length = min(cfg.max_length, window)
-    if max_length < cfg.max_length:
-        reporter.log(
-            f"max_length lowered from {cfg.max_length} to the model's context window "
-            f"({window} tokens)"
-        )
+    window = context_window(base)
+    max_length = fitted_max_length(cfg.max_length, window, reporter)
     if tok.pad_token == tok.eos_token:
         reporter.log(
             "the tokenizer has no pad token of its own: its eos token pads, so the reward is read "
@@ -1035,18 +879,24 @@ def prepare(
         raise Cancelled()
 
     model = _load_seq_cls(base, seed=cfg.seed)
-    if len(tok) > model.get_input_embeddings().num_embeddings:
-        raise ValueError(
-            f"the tokenizer has {len(tok)} tokens but the model's embedding only "
-            f"{model.get_input_embeddings().num_embeddings}: use the tokenizer the model was "
-            "trained with"
-        )
+    check_vocab(tok, model)
     model.config.get_text_config().pad_token_id = tok.pad_token_id
     for module in model.modules():  # chosen and rejected must see the same network
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
+    session = Session(
+        cfg=cfg,
+        base_dir=base,
+        tok=tok,
+        data=data,
+        checkpoints_dir=checkpoints_dir,
+        reporter=reporter,
+        max_length=max_length,
+        device=device,
+        amp_dtype=amp_dtype,
+    )
     with_margin = cfg.use_margins and data.has_margins
-    trainer = RewardTrainer(
+    session.trainer = trainer = RewardTrainer(
         model=model,
         args=training_arguments(
             cfg, checkpoints_dir, max_length=max_length, device=device, amp_dtype=amp_dtype
@@ -1055,26 +905,12 @@ def prepare(
         processing_class=tok,
         peft_config=_lora_config(cfg) if cfg.method == "lora" else None,
     )
-    trainer.remove_callback(PrinterCallback)
     if len(trainer.train_dataset) != len(data.train):  # same template call: should never happen
         reporter.log(
             f"TRL kept {len(trainer.train_dataset)} of the {len(data.train)} training pairs "
             "measured here"
         )
-    session = Session(
-        cfg=cfg,
-        base_dir=base,
-        tok=tok,
-        data=data,
-        trainer=trainer,
-        checkpoints_dir=checkpoints_dir,
-        reporter=reporter,
-        max_length=max_length,
-        device=device,
-        amp_dtype=amp_dtype,
-    )
-    session.bridge = _bridge_class()(session)
-    trainer.add_callback(session.bridge)
+    session.attach_bridge()
     return session
 
 
@@ -1095,36 +931,21 @@ def run(
     partial result is returned with ``"stopped_early": True``; ``out_dir`` then gets no model.
     ValueError (with a message for people) when the inputs cannot work.
     """
-    from training.core.device import dtype_name
-
-    started = time.monotonic()
-    out_dir = Path(out_dir)
-    own_work_dir = work_dir is None
-    work = Path(work_dir) if work_dir is not None else out_dir / ".work"
-    checkpoints_dir = work / "checkpoints"
-    session = prepare(cfg, inputs, checkpoints_dir, reporter)
-    resume = latest_checkpoint(checkpoints_dir, reporter)
-    if resume is not None:
-        _check_resumable(resume[1], resume[0], cfg)
-        reporter.log(f"resuming from the checkpoint at step {resume[0]}")
-
+    stage = StageRun.begin(out_dir, work_dir)
+    session = prepare(cfg, inputs, stage.checkpoints, reporter)
+    stage.find_resume(reporter, same_method(cfg.method))
     trainable, total = count_parameters(session.model)
     reporter.log(
         f"{cfg.method} reward model: {trainable:,} of {total:,} parameters trainable; "
         f"{len(session.data.train)} training and {len(session.data.validation)} validation "
-        f"pairs, max_length {session.max_length}; on {session.device.type} in "
-        f"{dtype_name(session.amp_dtype)}"
+        f"pairs, max_length {session.max_length}; {session.where()}"
     )
-    session.trainer.train(resume_from_checkpoint=str(resume[1]) if resume else None)
-    state = session.trainer.state
-    stopped = bool(session.bridge.stopped)
+    state, stopped = session.train(stage.resume)
     validation = train_scores = None
-    if stopped:
-        reporter.log(f"stopped at step {state.global_step}; a checkpoint was saved")
-    else:
+    if not stopped:
         step = state.global_step
         validation = session.validated.get(step) or session.validate(step)
-        sample = _spread(session.data.train, cfg.max_eval_pairs)
+        sample = spread(session.data.train, cfg.max_eval_pairs)
         train_scores = session.measure(sample)
         if validation is not None:
             worst = validation.worst()
@@ -1144,10 +965,7 @@ def run(
 
     logged = [e for e in state.log_history if "loss" in e]
     result = {
-        "steps": state.global_step,
-        "max_steps": state.max_steps,
-        "stopped_early": stopped,
-        "resumed_from_step": resume[0] if resume else None,
+        **stage.result_head(state, stopped),
         "method": cfg.method,
         "train_loss_first": logged[0]["loss"] if logged else None,
         "train_loss_last": logged[-1]["loss"] if logged else None,
@@ -1163,40 +981,17 @@ def run(
         "total_params": total,
         "epochs": round(state.epoch or 0.0, 4),
         "max_length": session.max_length,
-        "device": session.device.type,
-        "dtype": dtype_name(session.amp_dtype),
-        "seconds": round(time.monotonic() - started, 3),
+        **stage.result_tail(session),
     }
     if not stopped:
-        _write_output(session, out_dir, result)
-        if own_work_dir:
-            shutil.rmtree(work, ignore_errors=True)
+        _write_output(session, stage.out_dir, result)
+        stage.clean_up()
     return result
-
-
-def _spread(items: list[Pair], count: int) -> list[Pair]:
-    if len(items) <= count:
-        return items
-    stride = len(items) / count
-    return [items[int(i * stride)] for i in range(count)]
-
-
-def _check_resumable(folder: Path, step: int, cfg: RewardConfig) -> None:
-    ckpt = read_complete(folder, verify=False)
-    method = ckpt.meta.get("method") if ckpt else None
-    if method != cfg.method:
-        raise ValueError(
-            f"the checkpoint at step {step} in {folder.parent} was trained with method "
-            f"{method!r}, not {cfg.method!r}: resume with the same method, or start in a fresh "
-            "work folder"
-        )
 
 
 def _write_output(session: Session, out_dir: Path, result: dict[str, Any]) -> None:
     """The final reward model folder; ``orchard.json`` last, since it means complete."""
     cfg = session.cfg
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "orchard.json").unlink(missing_ok=True)
     manifest: dict[str, Any] = {
         "kind": "checkpoint",
         "stage": "reward",
@@ -1213,8 +1008,4 @@ def _write_output(session: Session, out_dir: Path, result: dict[str, Any]) -> No
         model = model.merge_and_unload()  # the trained score head replaces the original
         manifest["merged"] = True
     model.config.get_text_config().pad_token_id = session.tok.pad_token_id
-    model.save_pretrained(out_dir)
-    session.tok.save_pretrained(out_dir)
-    tmp = out_dir / ".orchard.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=1, ensure_ascii=False))
-    os.replace(tmp, out_dir / "orchard.json")
+    write_model_folder(out_dir, model, session.tok, manifest)

@@ -83,44 +83,42 @@ Simplifications:
 from __future__ import annotations
 
 import json
-import os
 import random
-import shutil
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    StringConstraints,
-    ValidationError,
-    model_validator,
-)
-from pydantic_core import InitErrorDetails, PydanticCustomError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from training.core.checkpoints import read_complete
-from training.core.hf_checkpoints import (
-    CHECKPOINT_PREFIX,
-    latest_checkpoint,
-    mark_complete,
-    prune_checkpoints,
-)
 from training.core.reporting import Cancelled, Reporter
+from training.core.trl_common import (
+    StageRun,
+    TrainerSession,
+    base_dir,
+    check_vocab,
+    common_training_arguments,
+    context_window,
+    count_parameters,
+    every,
+    fitted_max_length,
+    load_causal_lm,
+    load_chat_tokenizer,
+    raise_field_error,
+    read_json,
+    read_jsonl,
+    require_eos,
+    same_method,
+    set_generation_defaults,
+    snapshot_dirs,
+    spread,
+    start_training,
+    write_model_folder,
+)
 
 if TYPE_CHECKING:  # torch, transformers, datasets, trl and peft load only when a run starts
     import torch
     from datasets import Dataset
-    from transformers import (
-        PreTrainedModel,
-        PreTrainedTokenizerBase,
-        TrainerControl,
-        TrainerState,
-        TrainingArguments,
-    )
-    from trl import SFTTrainer
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 ROLES = ("system", "user", "assistant", "tool")
 STOP_RATE_HELD_OUT = 16  # held-out conversations used for stop_rate, besides the sample prompts
@@ -128,7 +126,15 @@ MEASURE_BATCH = 256  # conversations rendered and tokenized per call while measu
 # Without an explicit learning rate: full fine-tuning moves every weight, so it needs a smaller
 # step than LoRA, whose B matrices start at zero and whose updates are scaled by alpha / rank.
 DEFAULT_LEARNING_RATE = {"full": 5e-4, "lora": 2e-3}
-WEIGHTS_FILES = ("model.safetensors", "model.safetensors.index.json")
+METRIC_NAMES = {  # TRL's log keys -> the reporter's metric names
+    "loss": "train/loss",
+    "learning_rate": "train/lr",
+    "grad_norm": "train/grad_norm",
+    "mean_token_accuracy": "train/token_accuracy",
+    "entropy": "train/entropy",
+    "eval_loss": "val/loss",
+    "eval_mean_token_accuracy": "val/token_accuracy",
+}
 
 Prompt = Annotated[str, StringConstraints(min_length=1, max_length=2000)]
 ModuleName = Annotated[str, StringConstraints(min_length=1, max_length=200)]
@@ -292,7 +298,7 @@ class SFTConfig(BaseModel):
     @model_validator(mode="after")
     def _consistent(self) -> SFTConfig:
         if self.dataset_weights is not None and sum(self.dataset_weights) <= 0:
-            _raise_field_error(
+            raise_field_error(
                 self,
                 "dataset_weights",
                 self.dataset_weights,
@@ -304,16 +310,6 @@ class SFTConfig(BaseModel):
 
     def peak_learning_rate(self) -> float:
         return self.learning_rate or DEFAULT_LEARNING_RATE[self.method]
-
-
-def _raise_field_error(
-    model: BaseModel, field_name: str, value: Any, kind: str, message: str, context: dict[str, Any]
-) -> None:
-    """A ValidationError located at ``field_name``, so a web form shows it next to that field."""
-    problem = PydanticCustomError(kind, message, context)
-    raise ValidationError.from_exception_data(
-        type(model).__name__, [InitErrorDetails(type=problem, loc=(field_name,), input=value)]
-    )
 
 
 # --------------------------------------------------------------------------------------- data
@@ -374,21 +370,13 @@ class TrainingData:
 def read_conversations(path: Path) -> list[Conversation]:
     """Parse and check a JSONL file of conversations; ValueError names the file and line."""
     conversations = []
-    with open(path, encoding="utf-8") as fh:
-        for number, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}, line {number}"
-            try:
-                record = json.loads(line)
-            except ValueError as exc:
-                raise ValueError(f"{where}: not valid JSON ({exc})") from None
-            messages = record.get("messages") if isinstance(record, dict) else None
-            if not isinstance(messages, list) or not messages:
-                raise ValueError(f'{where}: expected an object with a non-empty "messages" list')
-            for index, message in enumerate(messages, start=1):
-                _check_message(message, f"{where}, message {index}")
-            conversations.append(Conversation(messages=object_arguments(messages), where=where))
+    for where, record in read_jsonl(path):
+        messages = record.get("messages") if isinstance(record, dict) else None
+        if not isinstance(messages, list) or not messages:
+            raise ValueError(f'{where}: expected an object with a non-empty "messages" list')
+        for index, message in enumerate(messages, start=1):
+            _check_message(message, f"{where}, message {index}")
+        conversations.append(Conversation(messages=object_arguments(messages), where=where))
     return conversations
 
 
@@ -583,11 +571,8 @@ def load_data(
     if cfg.dataset_weights is not None:
         shares = ", ".join(f"{s.path.name} {n}" for s, n in zip(snapshots, counts, strict=True))
         reporter.log(f"mixed training set of {len(train)} conversations: {shares}")
-    validation = [c for s in snapshots for c in s.validation]
-    if len(validation) > cfg.max_eval_conversations:
-        # A fixed, evenly spread selection: the same conversations at every evaluation.
-        stride = len(validation) / cfg.max_eval_conversations
-        validation = [validation[int(i * stride)] for i in range(cfg.max_eval_conversations)]
+    # A fixed, evenly spread selection: the same conversations at every evaluation.
+    validation = spread([c for s in snapshots for c in s.validation], cfg.max_eval_conversations)
     return TrainingData(
         snapshots=snapshots, train=train, validation=validation, mixed_counts=counts
     )
@@ -605,110 +590,31 @@ def to_dataset(conversations: list[Conversation]) -> Dataset:
 
 
 def _base_dir(inputs: dict[str, list[Path]]) -> Path:
-    dirs = [Path(p) for p in inputs.get("base") or []]
-    if len(dirs) != 1:
-        raise ValueError(
-            f'fine-tuning needs exactly one model folder as input "base", got {len(dirs)}'
-        )
-    base = dirs[0]
-    if (base / "adapter_config.json").is_file():
-        raise ValueError(
-            f"{base} is a LoRA adapter, not a full model: merge the adapter first "
-            "(training.core.sft.merge_adapter) and fine-tune the merged model"
-        )
-    if not (base / "config.json").is_file():
-        raise ValueError(f"{base} is not a model folder (no config.json)")
-    if not any((base / name).is_file() for name in WEIGHTS_FILES):
-        raise ValueError(
-            f"{base} has no model.safetensors: only safetensors weights are loaded (pickled "
-            "pytorch_model.bin files are refused)"
-        )
-    return base
+    return base_dir(inputs, "fine-tuning", " and fine-tune the merged model")
 
 
 def _dataset_dirs(inputs: dict[str, list[Path]]) -> list[Path]:
-    paths = [Path(p) for p in inputs.get("datasets") or []]
-    if not paths:
-        raise ValueError(
-            'fine-tuning needs at least one dataset snapshot as input "datasets": there are no '
-            "conversations to train on"
-        )
-    for path in paths:
-        if not path.is_dir():
-            raise ValueError(f"dataset snapshot not found: {path}")
-    return paths
+    return snapshot_dirs(
+        inputs,
+        "datasets",
+        purpose="fine-tuning",
+        kind="dataset snapshot",
+        missing="there are no conversations to train on",
+    )
 
 
 def _load_tokenizer(path: Path) -> PreTrainedTokenizerBase:
-    from transformers import AutoTokenizer
     from trl.chat_template_utils import has_generation_markers
 
-    tok = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
-    if not tok.chat_template:
-        raise ValueError(f"the tokenizer in {path} has no chat template (chat_template.jinja)")
+    tok = load_chat_tokenizer(path)
     if not has_generation_markers(tok.chat_template):
         raise ValueError(
             f"the chat template in {path} has no {{% generation %}} markers, so the assistant's "
             "tokens cannot be told apart from the prompt: use a tokenizer made by Orchard's "
             "tokenizer stage"
         )
-    if tok.eos_token_id is None:
-        raise ValueError(f"the tokenizer in {path} has no eos token to end the assistant's turn")
+    require_eos(tok, path)
     return tok
-
-
-def _context_window(base: Path) -> int:
-    config = json.loads((base / "config.json").read_text())
-    window = config.get("max_position_embeddings") or config.get("n_positions")
-    if not isinstance(window, int) or window <= 0:
-        raise ValueError(f"{base}/config.json does not say the model's context window")
-    return window
-
-
-def _load_model(base: Path) -> PreTrainedModel:
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    # fp32 weights: with dtype bf16 the Trainer autocasts the matmuls, the master weights stay.
-    return AutoModelForCausalLM.from_pretrained(
-        base,
-        dtype=torch.float32,
-        use_safetensors=True,
-        local_files_only=True,
-        trust_remote_code=False,
-    )
-
-
-def set_generation_defaults(model: PreTrainedModel, tok: PreTrainedTokenizerBase) -> None:
-    """Make ``generate`` stop at the end of a turn: eos ids include the tokenizer's eos.
-
-    The ids the base already stops at (a pretrained model's ``<|endoftext|>``) are kept.
-    """
-    gen = model.generation_config
-    current = gen.eos_token_id
-    current = [] if current is None else [current] if isinstance(current, int) else list(current)
-    gen.eos_token_id = sorted({*current, tok.eos_token_id})
-    gen.pad_token_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-
-
-def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
-    """(trainable, total) parameters; tied weights count once."""
-    params = list(model.parameters())  # a shared tensor is listed once
-    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
-
-
-# ---------------------------------------------------------------------------------- checkpoints
-
-
-def _check_resumable(folder: Path, step: int, cfg: SFTConfig) -> None:
-    ckpt = read_complete(folder, verify=False)
-    method = ckpt.meta.get("method") if ckpt else None
-    if method != cfg.method:
-        raise ValueError(
-            f"the checkpoint at step {step} in {folder.parent} was trained with method "
-            f"{method!r}, not {cfg.method!r}: resume with the same method, or start in a fresh "
-            "work folder"
-        )
 
 
 # ------------------------------------------------------------------------- samples, stop rate
@@ -726,10 +632,7 @@ def held_out_prompts(conversations: list[Conversation], count: int) -> list[list
         last = max(i for i, m in enumerate(conv.messages) if m["role"] == "assistant")
         if last > 0:
             prompts.append(conv.messages[:last])
-    if len(prompts) > count:
-        stride = len(prompts) / count
-        prompts = [prompts[int(i * stride)] for i in range(count)]
-    return prompts
+    return spread(prompts, count)
 
 
 def generate_replies(
@@ -774,100 +677,22 @@ def generate_replies(
 # -------------------------------------------------------------------------- trainer and bridge
 
 
-def _bridge_class() -> type:
-    """The reporter bridge, defined when transformers is imported (it subclasses its callback)."""
-    from transformers import TrainerCallback
-
-    class ReporterBridge(TrainerCallback):
-        """Forwards the Trainer's progress and logs to a Reporter; checkpoints and samples.
-
-        ``on_step_end`` runs before the Trainer decides whether to log, evaluate and save at
-        that step; setting ``control.should_save`` there makes it save at this step, and
-        ``on_save`` runs once the save is written.
-        """
-
-        METRIC_NAMES = {
-            "loss": "train/loss",
-            "learning_rate": "train/lr",
-            "grad_norm": "train/grad_norm",
-            "mean_token_accuracy": "train/token_accuracy",
-            "entropy": "train/entropy",
-            "eval_loss": "val/loss",
-            "eval_mean_token_accuracy": "val/token_accuracy",
-        }
-
-        def __init__(self, session: Session) -> None:
-            self.session = session
-            self.stopped = False
-
-        def on_step_end(
-            self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
-        ) -> TrainerControl:
-            session = self.session
-            step, total = state.global_step, state.max_steps
-            session.reporter.progress(step, total)
-            last = step >= total
-            if session.cfg.sample_every and step % session.cfg.sample_every == 0 and not last:
-                session.sample(step)
-            if last:
-                control.should_save = True  # the end is a resume point too
-            elif session.reporter.should_stop():
-                self.stopped = True
-                control.should_training_stop = True
-                control.should_save = True
-            return control
-
-        def on_save(
-            self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
-        ) -> TrainerControl:
-            session = self.session
-            folder = session.checkpoints_dir / f"{CHECKPOINT_PREFIX}{state.global_step}"
-            if folder.is_dir():
-                mark_complete(folder, state.global_step, {"method": session.cfg.method})
-                prune_checkpoints(session.checkpoints_dir, session.cfg.keep_checkpoints)
-            return control
-
-        def on_log(
-            self,
-            args: TrainingArguments,
-            state: TrainerState,
-            control: TrainerControl,
-            logs: dict[str, float] | None = None,
-            **kw: Any,
-        ) -> TrainerControl:
-            values = {
-                name: float(logs[key])
-                for key, name in self.METRIC_NAMES.items()
-                if logs and isinstance(logs.get(key), int | float)
-            }
-            if values:
-                self.session.reporter.metrics(values, state.global_step)
-            return control
-
-    return ReporterBridge
-
-
-@dataclass
-class Session:
+@dataclass(kw_only=True)
+class Session(TrainerSession):
     """A prepared fine-tuning run: data, model, trainer and what it reports to."""
 
+    metric_names = METRIC_NAMES
+
     cfg: SFTConfig
-    base_dir: Path
-    tok: PreTrainedTokenizerBase
     data: TrainingData
-    trainer: SFTTrainer
-    checkpoints_dir: Path
-    reporter: Reporter
     max_length: int
-    device: torch.device
-    amp_dtype: torch.dtype | None
-    bridge: Any = None
     last_sampled: int | None = None
     stop_rate: float | None = None
 
-    @property
-    def model(self) -> PreTrainedModel:
-        return self.trainer.model
+    def on_step(self, step: int, last: bool) -> None:
+        """Sample every ``sample_every`` steps (the end is sampled after training)."""
+        if every(step, last, self.cfg.sample_every):
+            self.sample(step)
 
     def sample(self, step: int) -> float | None:
         """Answer the sample prompts (recorded) and the held-out prompts; report stop_rate."""
@@ -903,41 +728,24 @@ def training_arguments(
     TRL turns on bf16 and activation checkpointing by default: the first fails or crawls on most
     CPUs, the second only saves memory that small models do not need.
     """
-    import torch
     from trl import SFTConfig as TRLConfig
 
     evaluating = has_validation and cfg.eval_every > 0
     return TRLConfig(
-        output_dir=str(checkpoints_dir),
+        **common_training_arguments(
+            cfg,
+            checkpoints_dir,
+            learning_rate=cfg.peak_learning_rate(),
+            device=device,
+            amp_dtype=amp_dtype,
+        ),
         max_length=max_length,
         assistant_only_loss=True,
         packing=cfg.packing,
-        per_device_train_batch_size=cfg.batch_size,
         per_device_eval_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        learning_rate=cfg.peak_learning_rate(),
-        lr_scheduler_type=cfg.lr_schedule,
-        warmup_steps=cfg.warmup_steps,
-        weight_decay=0.0,
         num_train_epochs=cfg.epochs,
-        max_steps=cfg.max_steps or -1,
-        logging_steps=cfg.log_every,
-        logging_first_step=True,  # train_loss_first is the loss before any update
         eval_strategy="steps" if evaluating else "no",
         eval_steps=cfg.eval_every if evaluating else None,
-        save_strategy="steps",
-        save_steps=cfg.save_every,
-        save_total_limit=None,  # pruned by the bridge, which knows which folders are complete
-        seed=cfg.seed,
-        data_seed=cfg.seed,
-        bf16=amp_dtype == torch.bfloat16,
-        fp16=False,
-        activation_checkpointing=False,
-        use_cpu=device.type == "cpu",
-        dataloader_pin_memory=False,
-        report_to="none",
-        disable_tqdm=True,
-        push_to_hub=False,
     )
 
 
@@ -964,40 +772,22 @@ def prepare(
     ValueError with a message for people when the inputs cannot work. Nothing is trained yet:
     ``session.trainer.train_dataset`` is the tokenized training set TRL will use.
     """
-    import datasets
-    from transformers import PrinterCallback
-    from transformers.utils import logging as hf_logging
     from trl import SFTTrainer
 
-    from training.core.device import autocast_dtype, pick_device
-
-    hf_logging.disable_progress_bar()  # tqdm bars would clutter the run log
-    datasets.disable_progress_bars()
-    device = pick_device(cfg.device)  # refuse a missing GPU before reading anything
-    amp_dtype = autocast_dtype(device, cfg.dtype)
+    device, amp_dtype = start_training(cfg)  # refuses a missing GPU before reading anything
     base = _base_dir(inputs)
     paths = _dataset_dirs(inputs)
     tok = _load_tokenizer(base)
-    window = _context_window(base)
-    max_length = min(cfg.max_length, window)
-    if max_length < cfg.max_length:
-        reporter.log(
-            f"max_length lowered from {cfg.max_length} to the model's context window "
-            f"({window} tokens)"
-        )
+    window = context_window(base)
+    max_length = fitted_max_length(cfg.max_length, window, reporter)
     data = load_data(
         paths, tok, cfg, max_length=max_length, context_window=window, reporter=reporter
     )
     if reporter.should_stop():  # nothing worth keeping yet: leave by raising
         raise Cancelled()
 
-    model = _load_model(base)
-    if len(tok) > model.get_input_embeddings().num_embeddings:
-        raise ValueError(
-            f"the tokenizer has {len(tok)} tokens but the model's embedding only "
-            f"{model.get_input_embeddings().num_embeddings}: use the tokenizer the model was "
-            "trained with"
-        )
+    model = load_causal_lm(base)
+    check_vocab(tok, model)
     set_generation_defaults(model, tok)
     args = training_arguments(
         cfg,
@@ -1007,7 +797,18 @@ def prepare(
         amp_dtype=amp_dtype,
         has_validation=bool(data.validation),
     )
-    trainer = SFTTrainer(
+    session = Session(
+        cfg=cfg,
+        base_dir=base,
+        tok=tok,
+        data=data,
+        checkpoints_dir=checkpoints_dir,
+        reporter=reporter,
+        max_length=max_length,
+        device=device,
+        amp_dtype=amp_dtype,
+    )
+    session.trainer = SFTTrainer(
         model=model,
         args=args,
         train_dataset=to_dataset(data.train),
@@ -1015,21 +816,7 @@ def prepare(
         processing_class=tok,
         peft_config=_lora_config(cfg) if cfg.method == "lora" else None,
     )
-    trainer.remove_callback(PrinterCallback)  # it prints every log to stdout
-    session = Session(
-        cfg=cfg,
-        base_dir=base,
-        tok=tok,
-        data=data,
-        trainer=trainer,
-        checkpoints_dir=checkpoints_dir,
-        reporter=reporter,
-        max_length=max_length,
-        device=device,
-        amp_dtype=amp_dtype,
-    )
-    session.bridge = _bridge_class()(session)
-    trainer.add_callback(session.bridge)
+    session.attach_bridge()
     return session
 
 
@@ -1050,40 +837,23 @@ def run(
     partial result is returned with ``"stopped_early": True``; ``out_dir`` then gets no model.
     ValueError (with a message for people) when the inputs cannot work.
     """
-    from training.core.device import dtype_name
-
-    started = time.monotonic()
-    out_dir = Path(out_dir)
-    own_work_dir = work_dir is None
-    work = Path(work_dir) if work_dir is not None else out_dir / ".work"
-    checkpoints_dir = work / "checkpoints"
-    session = prepare(cfg, inputs, checkpoints_dir, reporter)
-    resume = latest_checkpoint(checkpoints_dir, reporter)
-    if resume is not None:
-        _check_resumable(resume[1], resume[0], cfg)
-        reporter.log(f"resuming from the checkpoint at step {resume[0]}")
-
+    stage = StageRun.begin(out_dir, work_dir)
+    session = prepare(cfg, inputs, stage.checkpoints, reporter)
+    stage.find_resume(reporter, same_method(cfg.method))
     trainable, total = count_parameters(session.model)
     reporter.log(
         f"{cfg.method} fine-tuning: {trainable:,} of {total:,} parameters trainable; "
         f"{len(session.data.train)} training conversations, max_length {session.max_length}; "
-        f"on {session.device.type} in {dtype_name(session.amp_dtype)}"
+        f"{session.where()}"
     )
-    session.trainer.train(resume_from_checkpoint=str(resume[1]) if resume else None)
-    state = session.trainer.state
-    stopped = bool(session.bridge.stopped)
-    if stopped:
-        reporter.log(f"stopped at step {state.global_step}; a checkpoint was saved")
-    else:
+    state, stopped = session.train(stage.resume)
+    if not stopped:
         _finish_measurements(session)
 
     losses = [entry["loss"] for entry in state.log_history if "loss" in entry]
     evals = [entry["eval_loss"] for entry in state.log_history if "eval_loss" in entry]
     result = {
-        "steps": state.global_step,
-        "max_steps": state.max_steps,
-        "stopped_early": stopped,
-        "resumed_from_step": resume[0] if resume else None,
+        **stage.result_head(state, stopped),
         "method": cfg.method,
         "adapter": cfg.method == "lora" and not cfg.merge_adapter,
         "train_loss_first": losses[0] if losses else None,
@@ -1099,14 +869,11 @@ def run(
         "tokens_trained": round(session.data.assistant_tokens * (state.epoch or 0.0)),
         "epochs": round(state.epoch or 0.0, 4),
         "max_length": session.max_length,
-        "device": session.device.type,
-        "dtype": dtype_name(session.amp_dtype),
-        "seconds": round(time.monotonic() - started, 3),
+        **stage.result_tail(session),
     }
     if not stopped:
-        _write_output(session, out_dir, result)
-        if own_work_dir:
-            shutil.rmtree(work, ignore_errors=True)
+        _write_output(session, stage.out_dir, result)
+        stage.clean_up()
     return result
 
 
@@ -1125,8 +892,6 @@ def _finish_measurements(session: Session) -> None:
 def _write_output(session: Session, out_dir: Path, result: dict[str, Any]) -> None:
     """The final model (or adapter) folder; ``orchard.json`` last, since it means complete."""
     cfg = session.cfg
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "orchard.json").unlink(missing_ok=True)
     manifest: dict[str, Any] = {
         "kind": "checkpoint",
         "stage": "sft",
@@ -1136,16 +901,14 @@ def _write_output(session: Session, out_dir: Path, result: dict[str, Any]) -> No
     }
     model = session.model
     if cfg.method == "lora" and not cfg.merge_adapter:
-        model.save_pretrained(out_dir)  # adapter_config.json + adapter_model.safetensors
+        # The PEFT model saves adapter_config.json + adapter_model.safetensors.
         manifest.update(adapter=True, base=str(session.base_dir))
     else:
         if cfg.method == "lora":
             model = model.merge_and_unload()
             manifest["merged"] = True
         set_generation_defaults(model, session.tok)
-        model.save_pretrained(out_dir)
-    session.tok.save_pretrained(out_dir)
-    _write_json_atomic(out_dir / "orchard.json", manifest)
+    write_model_folder(out_dir, model, session.tok, manifest)
 
 
 def _dataset_stats(data: TrainingData) -> list[dict[str, Any]]:
@@ -1165,13 +928,9 @@ def merge_adapter(base_dir: Path, adapter_dir: Path, out_dir: Path) -> None:
     base_dir, adapter_dir, out_dir = Path(base_dir), Path(adapter_dir), Path(out_dir)
     _check_adapter(adapter_dir)
     tok = _load_tokenizer(adapter_dir if (adapter_dir / "tokenizer.json").is_file() else base_dir)
-    model = PeftModel.from_pretrained(_load_model(base_dir), adapter_dir).merge_and_unload()
+    model = PeftModel.from_pretrained(load_causal_lm(base_dir), adapter_dir).merge_and_unload()
     set_generation_defaults(model, tok)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "orchard.json").unlink(missing_ok=True)
-    model.save_pretrained(out_dir)
-    tok.save_pretrained(out_dir)
-    adapter_manifest = _read_json(adapter_dir / "orchard.json") or {}
+    adapter_manifest = read_json(adapter_dir / "orchard.json") or {}
     manifest = {
         "kind": "checkpoint",
         "stage": "sft",
@@ -1181,7 +940,7 @@ def merge_adapter(base_dir: Path, adapter_dir: Path, out_dir: Path) -> None:
         "config": adapter_manifest.get("config"),
         "stats": adapter_manifest.get("stats"),
     }
-    _write_json_atomic(out_dir / "orchard.json", manifest)
+    write_model_folder(out_dir, model, tok, manifest)
 
 
 def load_for_generation(
@@ -1200,7 +959,7 @@ def load_for_generation(
     if (path / "adapter_config.json").is_file():
         _check_adapter(path)
         if base_path is None:
-            recorded = (_read_json(path / "adapter_config.json") or {}).get(
+            recorded = (read_json(path / "adapter_config.json") or {}).get(
                 "base_model_name_or_path"
             )
             if not recorded or not Path(recorded).is_dir():
@@ -1209,9 +968,9 @@ def load_for_generation(
                     f"({recorded!r}): pass base_path"
                 )
             base_path = Path(recorded)
-        model = PeftModel.from_pretrained(_load_model(Path(base_path)), path)
+        model = PeftModel.from_pretrained(load_causal_lm(Path(base_path)), path)
     else:
-        model = _load_model(path)
+        model = load_causal_lm(path)
     set_generation_defaults(model, tok)
     return model.eval(), tok
 
@@ -1223,23 +982,6 @@ def _check_adapter(adapter_dir: Path) -> None:
         raise ValueError(
             f"{adapter_dir} has no adapter_model.safetensors: only safetensors weights are loaded"
         )
-
-
-# ---------------------------------------------------------------------------------- small files
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
-
-
-def _write_json_atomic(path: Path, value: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(value, indent=1, ensure_ascii=False))
-    os.replace(tmp, path)
 
 
 # ------------------------------------------------------------------------------------- merge
