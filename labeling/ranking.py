@@ -35,6 +35,7 @@ from labeling.models import (
 from labeling.services import LabelingRefused, conversation_create
 from training import services as training_services
 from training.models import Artifact, ArtifactKind, RunStatus
+from training.reporting import without_nul
 
 ARENA_SIDES = 2
 
@@ -143,7 +144,7 @@ def _items_from_batch(batch: ResponseBatch) -> list[Item]:
 def _shown_replies(batch: ResponseBatch, row: dict[str, Any]) -> list[dict[str, Any]]:
     replies = [
         {
-            "text": r["text"],
+            "text": without_nul(r["text"]),  # a model sampling raw bytes can write NUL
             "checkpoint": batch.checkpoints[r["checkpoint"]],
             "sample": r["sample"],
             "finish_reason": r.get("finish_reason", ""),

@@ -22,6 +22,7 @@ from typing import Any
 from django.conf import settings
 
 from training.models import Artifact
+from training.reporting import without_nul
 
 logger = logging.getLogger(__name__)
 
@@ -156,7 +157,7 @@ def complete(*, artifact: Artifact, prompts: list[str], params: Any) -> list[dic
     """
     for event in stream_generation(artifact=artifact, prompts=prompts, params=params):
         if event["event"] == "done":
-            return event["completions"]
+            return without_nul(event["completions"])
         if event["event"] == "error":
             raise ValueError(event["message"])
     raise ValueError("the generation ended without a result")
@@ -220,9 +221,8 @@ def stream_chat(
     def work() -> None:
         try:
             engine = engine_cache().get(artifact, base_path)
-            events.put(
-                {"event": "done", **_chat_reply(engine, messages, params, tools, events, stop)}
-            )
+            reply = _chat_reply(engine, messages, params, tools, events, stop)
+            events.put({"event": "done", **without_nul(reply)})
         except Exception as exc:  # shown to the person; the server keeps serving
             logger.exception("chat generation failed for checkpoint %s", artifact.pk)
             events.put({"event": "error", "message": f"{type(exc).__name__}: {exc}"})
@@ -249,7 +249,7 @@ def _chat_reply(
 
         def relay(event: dict) -> None:
             if event["event"] != "done":  # the caller sends the one "done", with the turns
-                events.put(event)
+                events.put(without_nul(event))
 
         run = generate_with_tools(engine, messages, params, on_event=relay, should_stop=stop.is_set)
         return {"messages": run.messages, "finish_reason": run.finish_reason, "tokens": run.tokens}
@@ -259,7 +259,7 @@ def _chat_reply(
     (completion,) = engine.generate(
         [prompt],
         params,
-        on_token=lambda e: events.put({"event": "token", "text": e.text}),
+        on_token=lambda e: events.put({"event": "token", "text": without_nul(e.text)}),
         should_stop=stop.is_set,
     )
     reply = {"role": "assistant", "content": completion.text}

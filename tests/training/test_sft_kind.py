@@ -161,7 +161,9 @@ def test_too_long_conversations_fail_with_a_clear_message(people, tiny_checkpoin
         ],
         status="approved",
     )
-    long_snapshot = data.snapshot_create(project=project, user=people["tom"], name="long")
+    long_snapshot = data.snapshot_create(
+        project=project, user=people["tom"], name="long", validation_fraction=0
+    )
     run = services.run_create(
         kind="sft",
         config={**SFT, "too_long": "error"},
