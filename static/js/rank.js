@@ -46,8 +46,17 @@
   list.addEventListener("change", (event) => {
     if (event.target.matches("select")) { orderFromSelects(); }
   });
+  // A card that leaves its place takes no tie with it, and the card that was tied to it is
+  // untied too: a tie is always with the neighbour the person chose, never a new one.
+  function detach(card) {
+    const next = card.nextElementSibling;
+    if (next) tiedWithAbove.delete(next);
+    tiedWithAbove.delete(card);
+  }
+
   list.addEventListener("dragstart", (event) => {
     dragged = event.target.closest("li.reply");
+    if (dragged) detach(dragged);
     event.dataTransfer.effectAllowed = "move";
   });
   list.addEventListener("dragover", (event) => {
@@ -79,8 +88,8 @@
       event.preventDefault();
       const sibling = event.key === "ArrowUp" ? card.previousElementSibling : card.nextElementSibling;
       if (sibling) {
+        detach(card);
         list.insertBefore(card, event.key === "ArrowUp" ? sibling : sibling.nextSibling);
-        tiedWithAbove.delete(card);
         renumber();
         card.focus();
       }
