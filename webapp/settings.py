@@ -122,6 +122,7 @@ INSTALLED_APPS = [
     "webapp",
     "training",
     "labeling",
+    "demo",
 ]
 
 MIDDLEWARE = [
