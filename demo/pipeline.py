@@ -642,7 +642,8 @@ class DemoPipeline:
         if time.monotonic() > self.deadline:
             raise DemoFailed(
                 f"{run.kind} run #{run.pk} did not finish within the demo's time limit "
-                f"({format_seconds(self.timeout)}); see {self.url(run.get_absolute_url())}"
+                f"({format_seconds(self.timeout)}) and was cancelled; "
+                f"see {self.url(run.get_absolute_url())}"
             )
 
     def _wait(self, run: Run, kind: str) -> None:
