@@ -40,11 +40,24 @@ def problem_create(*, project: Project, user: Any, record: dict[str, Any]) -> Pr
     )
 
 
-def problems_import_gsm8k(*, project: Project, user: Any, lines: Any) -> tuple[int, list[str]]:
-    parsed, errors = bank.parse_gsm8k(
+IMPORT_FORMATS = {
+    "gsm8k": bank.parse_gsm8k,
+    "choice": bank.parse_multiple_choice,
+}
+
+
+def problems_import(
+    *, project: Project, user: Any, lines: Any, file_format: str = "gsm8k"
+) -> tuple[int, list[str]]:
+    """Import a JSONL file of problems (``file_format``: ``"gsm8k"`` or ``"choice"``, ARC/MMLU
+    style multiple choice). Lines that cannot be used are skipped and described."""
+    parse = IMPORT_FORMATS.get(file_format)
+    if parse is None:
+        raise ValueError(f"unknown problem file format {file_format!r}")
+    parsed, errors = parse(
         line.decode("utf-8", "replace") if isinstance(line, bytes) else line for line in lines
     )
-    _bulk(project, user, parsed, "gsm8k")
+    _bulk(project, user, parsed, file_format)
     return len(parsed), [f"line {e['line']}: {e['error']}" for e in errors]
 
 
@@ -64,8 +77,9 @@ def _bulk(project: Project, user: Any, records: list[dict[str, Any]], source: st
                 question=r["question"],
                 answer=str(r["answer"]),
                 checker=r.get("checker", "number"),
+                choices=r.get("choices", []),
                 solution=r.get("solution", ""),
-                source=source,
+                source=str(r.get("source") or source)[:40] if source == "choice" else source,
                 author=user,
                 status=ProblemStatus.APPROVED,
             )

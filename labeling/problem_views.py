@@ -63,7 +63,15 @@ class GenerateForm(forms.Form):
 
 
 class ImportForm(forms.Form):
-    file = forms.FileField(help_text="GSM8K JSONL (question, answer with #### final), gzip fine.")
+    file_format = forms.ChoiceField(
+        label="Format",
+        choices=[
+            ("gsm8k", "GSM8K (question, answer with the final number after ####)"),
+            ("choice", "Multiple choice (ARC or MMLU style: question, choices, answer)"),
+        ],
+        initial="gsm8k",
+    )
+    file = forms.FileField(help_text="JSONL, one problem per line; gzip fine.")
 
 
 class ExportForm(forms.Form):
@@ -148,10 +156,13 @@ def problems_import(request: HttpRequest, pk: int) -> HttpResponse:
     project = get_object_or_404(Project, pk=pk)
     form = ImportForm(request.POST, request.FILES)
     if not form.is_valid():
-        flash.error(request, "Choose a GSM8K JSONL file.")
+        flash.error(request, "Choose a format and a JSONL file.")
         return redirect("labeling:problems", pk)
-    imported, problems_found = problem_bank.problems_import_gsm8k(
-        project=project, user=request.user, lines=uploaded_lines(form.cleaned_data["file"])
+    imported, problems_found = problem_bank.problems_import(
+        project=project,
+        user=request.user,
+        lines=uploaded_lines(form.cleaned_data["file"]),
+        file_format=form.cleaned_data["file_format"],
     )
     flash.success(request, f"Imported {imported} problems, skipped {len(problems_found)}.")
     for line in problems_found[:10]:

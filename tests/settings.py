@@ -12,6 +12,8 @@ from webapp.settings import DATABASES, VAR_DIR  # noqa: E402
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 ORCHARD_EXTRA_RUN_KINDS = ["tests.support.countdown.COUNTDOWN_KIND"]
+# Tests that count runs would see the follow-up evaluations; the tests of that feature turn it on.
+ORCHARD_AUTO_EVALUATE = False
 WHITENOISE_AUTOREFRESH = True
 WHITENOISE_USE_FINDERS = True
 STORAGES = {

@@ -215,16 +215,50 @@ BUILTIN_KINDS = (
     ),
     RunKind(
         name="evaluate",
-        label="Evaluate checkpoints on problems",
+        label="Evaluate checkpoints",
         description=(
-            "Several checkpoints answer the same held-out problems: pass@1 (greedy) and pass@k "
-            "side by side, e.g. base, SFT and RL."
+            "Measure one or more checkpoints side by side on held-out data: pass@1 and pass@k "
+            "on problems, multiple-choice accuracy, the share of confident wrong answers and of "
+            '"I don\'t know", validation loss and bits per byte on text, SFT loss and the share '
+            "of replies that end their turn, reward-model accuracy, and the win rate against a "
+            "baseline judged by a reward model. Runs by itself after every training run."
         ),
         config_path="training.core.evaluate:EvaluateConfig",
         entry_path="training.core.evaluate:run",
         inputs=(
             InputSpec("checkpoints", ArtifactKind.CHECKPOINT, "Checkpoints", many=True),
-            InputSpec("problems", ArtifactKind.DATASET, "Problem snapshots", many=True),
+            InputSpec(
+                "problems", ArtifactKind.DATASET, "Problem snapshots", many=True, required=False
+            ),
+            InputSpec(
+                "text", ArtifactKind.CORPUS, "Held-out text (corpus)", many=True, required=False
+            ),
+            InputSpec(
+                "conversations",
+                ArtifactKind.DATASET,
+                "SFT dataset snapshots (held-out conversations)",
+                many=True,
+                required=False,
+            ),
+            InputSpec(
+                "preferences",
+                ArtifactKind.DATASET,
+                "Preference snapshots (for reward models)",
+                many=True,
+                required=False,
+            ),
+            InputSpec(
+                "judge", ArtifactKind.CHECKPOINT, "Judge reward model (win rate)", required=False
+            ),
+            InputSpec(
+                "baseline",
+                ArtifactKind.CHECKPOINT,
+                "Baseline checkpoint (win rate)",
+                required=False,
+            ),
+            InputSpec(
+                "prompts", ArtifactKind.DATASET, "Prompts (win rate)", many=True, required=False
+            ),
         ),
         output_kind=ArtifactKind.OUTPUT,
         result_template="training/results/evaluate.html",

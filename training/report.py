@@ -434,10 +434,27 @@ def _add_evaluations(nodes: dict[int, dict[str, Any]]) -> None:
                     "passk": _json_number(row.get("pass@k")),
                     "accuracy": _json_number(row.get("accuracy")),
                     "scored": row.get("scored"),
+                    "figures": _evaluation_figures(row),
                     "compared_with": len(ids) - 1,
                     "finished_at": _iso(run.finished_at),
                 }
             )
+
+
+def _evaluation_figures(row: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every figure an evaluation gave one checkpoint, labelled as the run page shows it."""
+    from training.evaluations import FIGURES
+
+    return [
+        {
+            "key": f.key,
+            "label": f.label,
+            "value": _json_number(row[f.key]),
+            "text": f.text(row[f.key]),
+        }
+        for f in FIGURES
+        if row.get(f.key) is not None
+    ]
 
 
 def _people(nodes: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -632,11 +649,8 @@ def report_markdown(card: dict[str, Any]) -> str:
                 names = ", ".join(_md(n) for n in data["labelers"])
                 lines.append(f"- Labelers ({len(data['labelers'])}): {names}")
         for row in node["evaluations"]:
-            lines.append(
-                f"- Evaluate run #{row['run']} ({_md(row['split'] or '—')}, "
-                f"{row['problems'] or '—'} problems): pass@1 {_fmt(row['pass1'])}, "
-                f"pass@{row['k'] or 'k'} {_fmt(row['passk'])}"
-            )
+            figures = "; ".join(f"{f['label']} {f['text']}" for f in row["figures"]) or "—"
+            lines.append(f"- Evaluate run #{row['run']}: {_md(figures)}")
     lines += ["", "## People", ""]
     if card["people"]:
         lines += ["| Labeler | Datasets | Rankings |", "|---|---|---|"]

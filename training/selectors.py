@@ -132,31 +132,43 @@ def latest_rollouts(run: Run) -> dict[str, Any] | None:
 
 
 def evaluation_table(run: Run) -> dict[str, Any]:
-    """Rows of an ``evaluate`` run's result, each named by its checkpoint artifact."""
+    """An ``evaluate`` run's figures: one row per checkpoint (named by its artifact), one column
+    per figure any checkpoint has, and a bar chart of the headline figure."""
+    from training.evaluations import FIGURES
+
     if run.kind != "evaluate" or not run.result:
         return {}
     ids = list((run.inputs or {}).get("checkpoints", []))
     artifacts = Artifact.objects.in_bulk(ids)
+    results = [r for r in run.result.get("checkpoints", []) if isinstance(r, dict)]
+    columns = [f for f in FIGURES if any(r.get(f.key) is not None for r in results)]
     rows = []
-    for row in run.result.get("checkpoints", []):
+    for row in results:
         index = row.get("checkpoint", 0)
-        artifact = artifacts.get(ids[index]) if index < len(ids) else None
         rows.append(
             {
-                "artifact": artifact,
+                "artifact": artifacts.get(ids[index]) if index < len(ids) else None,
                 "checkpoint": index,
-                "pass1": row.get("pass@1"),
-                "passk": row.get("pass@k"),
-                "accuracy": row.get("accuracy"),
+                "role": row.get("role", "generative"),
+                "values": [f.text(row.get(f.key)) for f in columns],
                 "scored": row.get("scored"),
             }
         )
-    bars = [
-        (r["artifact"].name[:24] if r["artifact"] else f"#{r['checkpoint']}",
-         round(100 * (r["pass1"] or 0)))
-        for r in rows
-    ]  # fmt: skip
-    return {"evaluation": rows, "evaluation_bars": bars}
+    headline = next((f for f in columns if f.share), None)
+    bars = []
+    if headline is not None:
+        for row, result in zip(rows, results, strict=True):
+            name = row["artifact"].name[:24] if row["artifact"] else f"#{row['checkpoint']}"
+            bars.append((name, round(100 * (result.get(headline.key) or 0))))
+    return {
+        "evaluation": rows,
+        "evaluation_columns": columns,
+        "evaluation_bars": bars,
+        "evaluation_headline": headline,
+        "evaluation_examples": [
+            (row, r.get("win_examples") or []) for row, r in zip(rows, results, strict=True)
+        ],
+    }
 
 
 def factuality_history(run: Run) -> list[dict[str, Any]]:

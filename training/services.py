@@ -251,6 +251,9 @@ def _execute_claimed(run: Run, directory: Path, reporter: DbReporter) -> str:
                 meta={"stage": kind.name, "config": run.config, **_scalars(result or {})},
             )
         _finish(run, reporter, RunStatus.SUCCEEDED, result=result or {})
+    from training.evaluations import launch_follow_up
+
+    launch_follow_up(run)
     return "succeeded"
 
 

@@ -19,6 +19,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from django_htmx.http import HttpResponseStopPolling
 
 from training import selectors, services
+from training.evaluations import evaluations_of
 from training.forms import (
     CheckpointImportForm,
     DataUploadForm,
@@ -146,6 +147,7 @@ def run_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "rollouts": selectors.latest_rollouts(run),
         **selectors.evaluation_table(run),
         "factuality_history": selectors.factuality_history(run),
+        "evaluations": [e for a in run.outputs.all() for e in evaluations_of(a)],
     }
     if request.htmx:
         response = render(request, "training/run_detail.html#run-live", context)

@@ -360,6 +360,8 @@ ORCHARD_RUN_MAX_ATTEMPTS = env_int("ORCHARD_RUN_MAX_ATTEMPTS", 3)
 # A queued run whose broker message may have been lost (broker flushed or restarted) is sent
 # again after this long; a duplicate message is harmless (the second claim finds it taken).
 ORCHARD_REQUEUE_QUEUED_AFTER_SECONDS = env_int("ORCHARD_REQUEUE_QUEUED_AFTER_SECONDS", 600)
+# Every successful training run launches an evaluation of its checkpoint (training/evaluations.py).
+ORCHARD_AUTO_EVALUATE = env_bool("ORCHARD_AUTO_EVALUATE", True)
 # Extra run kinds, as dotted paths to RunKind objects (tests register a deterministic one).
 ORCHARD_EXTRA_RUN_KINDS = env_list("ORCHARD_EXTRA_RUN_KINDS", [])
 

@@ -12,9 +12,11 @@ from training.core.checkers import check, parse_number
 from training.core.problems import (
     arithmetic_problems,
     parse_gsm8k,
+    parse_multiple_choice,
     read_gsm8k,
     read_problems,
     split_of,
+    validate_problem,
     write_problem_snapshot,
 )
 
@@ -70,6 +72,56 @@ def test_gsm8k_test_split_and_bad_lines() -> None:
     assert [e["line"] for e in bad] == [3, 4, 5, 6, 7]
     assert "not valid JSON" in bad[0]["error"] and "####" in bad[1]["error"]
     assert "is not a number" in bad[3]["error"]
+
+
+# ---------------------------------------------------------------------------- multiple choice
+
+
+def test_multiple_choice_layouts_all_become_lettered_choice_problems() -> None:
+    mmlu = {"question": "2 + 2?", "choices": ["3", "4", "5", "6"], "answer": 1, "subject": "math"}
+    arc_hub = {
+        "question": "Which is a fruit?",
+        "choices": {"text": ["rock", "apple", "cloud"], "label": ["1", "2", "3"]},
+        "answerKey": "2",
+    }
+    arc_original = {
+        "question": {
+            "stem": "Water freezes at?",
+            "choices": [{"text": "0 C", "label": "A"}, {"text": "50 C", "label": "B"}],
+        },
+        "answerKey": "A",
+    }
+    plain = {"question": "Pick C", "options": ["x", "y", "z"], "label": "c"}
+    good, bad = parse_multiple_choice(json.dumps(r) for r in (mmlu, arc_hub, arc_original, plain))
+    assert bad == []
+    assert [p["answer"] for p in good] == ["B", "B", "A", "C"]
+    assert good[0]["choices"] == ["3", "4", "5", "6"] and good[0]["source"] == "math"
+    assert good[1]["question"].startswith("Which is a fruit?\n\nA. rock\nB. apple\nC. cloud")
+    for problem in good:  # each is a valid choice problem, and its own answer passes
+        checked = validate_problem(problem, "test")
+        assert check(checked, f"The answer is {problem['answer']}.").correct
+
+
+def test_multiple_choice_bad_lines_say_what_is_wrong() -> None:
+    lines = [
+        "{oops",
+        json.dumps({"question": "Q", "choices": ["only one"], "answer": 0}),
+        json.dumps({"question": "Q", "choices": ["a", "b"], "answer": 2}),
+        json.dumps({"question": "Q", "choices": ["a", "b"], "answer": "E"}),
+        json.dumps({"question": "Q", "choices": ["a", "b"]}),
+        json.dumps({"question": "", "choices": ["a", "b"], "answer": 0}),
+        json.dumps({"question": "Q", "choices": ["a", ""], "answer": 0}),
+        "",
+        json.dumps({"question": "Q", "choices": ["a", "b"], "answer": "b"}),
+    ]
+    good, bad = parse_multiple_choice(lines)
+    assert [p["line"] for p in good] == [9]
+    assert [e["line"] for e in bad] == [1, 2, 3, 4, 5, 6, 7]
+    messages = [e["error"] for e in bad]
+    assert "not valid JSON" in messages[0] and "2 to 26 options" in messages[1]
+    assert "outside the 2 choices" in messages[2] and "names none of the choices" in messages[3]
+    assert "no answer" in messages[4] and "non-empty string" in messages[5]
+    assert "non-empty text" in messages[6]
 
 
 # --------------------------------------------------------------------------------- arithmetic

@@ -49,7 +49,10 @@ def test_import_generate_and_export(client_for, project) -> None:
     ]  # fmt: skip
     tom.post(
         f"/labeling/projects/{project.pk}/problems/import/",
-        {"file": SimpleUploadedFile("gsm8k.jsonl", "\n".join(lines).encode())},
+        {
+            "file_format": "gsm8k",
+            "file": SimpleUploadedFile("gsm8k.jsonl", "\n".join(lines).encode()),
+        },
     )
     imported = Problem.objects.filter(source="gsm8k").order_by("id")
     assert [p.answer for p in imported] == ["7", "1000"]

@@ -119,7 +119,7 @@ def test_grpo_and_evaluate_runs(client_for, people, tiny_checkpoint) -> None:
     evaluation.refresh_from_db()
     assert len(evaluation.result["checkpoints"]) == 2
     table = tom.get(f"/runs/{evaluation.pk}/").content.decode()
-    assert "pass@1 per checkpoint" in table and tuned.name in table
+    assert "pass@1 (greedy) per checkpoint" in table and tuned.name in table
 
 
 def test_factuality_probe_and_drafts_for_review(client_for, people, tiny_checkpoint) -> None:

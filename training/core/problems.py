@@ -13,6 +13,7 @@ Sources:
 
 - :func:`parse_gsm8k`: the GSM8K JSONL format (``question``, ``answer`` with the worked solution,
   calculator annotations ``<<48/2=24>>`` and the final answer after ``#### ``).
+- :func:`parse_multiple_choice`: multiple-choice JSONL (ARC, MMLU and plain layouts).
 - :func:`arithmetic_problems`: generated arithmetic, difficulty 1 (one-digit sums) to 5 (four
   multi-digit numbers, three operations, brackets), deterministic per seed.
 
@@ -37,7 +38,7 @@ import os
 import random
 import re
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -60,13 +61,20 @@ def parse_gsm8k(lines: Iterable[str]) -> tuple[list[dict[str, Any]], list[dict[s
     "number", "source": "gsm8k", "line": N}``. Each error: ``{"line": N, "error": "..."}``.
     Blank lines are skipped.
     """
+    return _parse_lines(lines, _gsm8k_problem)
+
+
+def _parse_lines(
+    lines: Iterable[str], parse_one: Callable[[str, int], dict[str, Any]]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Each non-blank line through ``parse_one``; a ValueError becomes that line's error."""
     problems: list[dict[str, Any]] = []
     errors: list[dict[str, Any]] = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
-            problems.append(_gsm8k_problem(line, number))
+            problems.append(parse_one(line, number))
         except ValueError as exc:
             errors.append({"line": number, "error": str(exc)})
     return problems, errors
@@ -104,6 +112,101 @@ def read_gsm8k(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """:func:`parse_gsm8k` on a file."""
     with open(path, encoding="utf-8") as fh:
         return parse_gsm8k(fh)
+
+
+# ------------------------------------------------------------------- multiple choice (ARC, MMLU)
+
+
+def parse_multiple_choice(
+    lines: Iterable[str],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Multiple-choice problems from JSONL lines, and the lines that could not be used.
+
+    Accepts the layouts public sets come in, one object per line:
+
+    - MMLU style: ``{"question", "choices": ["...", ...], "answer": 2 | "C"}``;
+    - ARC on the Hub: ``{"question", "choices": {"text": [...], "label": ["A", ...]},
+      "answerKey": "C"}`` (labels may be digits, "1" to "4");
+    - ARC's original files: ``{"question": {"stem", "choices": [{"text", "label"}, ...]},
+      "answerKey"}``;
+    - plain: ``"options"`` instead of ``"choices"``, ``"label"`` instead of ``"answer"``.
+
+    Each problem's question shows the options as lettered lines, as the model reads it; the
+    answer becomes the option's letter; ``"subject"``, when given, is kept as the source.
+    """
+    return _parse_lines(lines, _choice_problem)
+
+
+def _choice_problem(line: str, number: int) -> dict[str, Any]:
+    try:
+        record = json.loads(line)
+    except ValueError as exc:
+        raise ValueError(f"not valid JSON ({exc})") from None
+    if not isinstance(record, dict):
+        raise ValueError("expected an object with a question, choices and an answer")
+    question = record.get("question")
+    choices: Any = record.get("choices", record.get("options"))
+    if isinstance(question, dict):  # ARC's original layout nests the choices in the question
+        choices = question.get("choices", choices)
+        question = question.get("stem")
+    if not isinstance(question, str) or not question.strip():
+        raise ValueError('"question" must be a non-empty string')
+    texts, labels = _choice_options(choices)
+    letter = _choice_answer(record, labels, len(texts))
+    options = "\n".join(f"{LETTERS[i]}. {text}" for i, text in enumerate(texts))
+    return {
+        "question": f"{question.strip()}\n\n{options}\n\nAnswer with the letter.",
+        "answer": letter,
+        "choices": texts,
+        "checker": "choice",
+        "source": str(record.get("subject") or "multiple-choice"),
+        "line": number,
+    }
+
+
+def _choice_options(choices: Any) -> tuple[list[str], list[str]]:
+    """The option texts and their labels as the file names them (for the answer key)."""
+    if isinstance(choices, dict):  # {"text": [...], "label": [...]}
+        texts, labels = choices.get("text"), choices.get("label")
+    elif isinstance(choices, list) and choices and all(isinstance(c, dict) for c in choices):
+        texts = [c.get("text") for c in choices]
+        labels = [c.get("label") for c in choices]
+    else:
+        texts, labels = choices, None
+    if not isinstance(texts, list) or not 2 <= len(texts) <= len(LETTERS):
+        raise ValueError(f'"choices" must list 2 to {len(LETTERS)} options')
+    if not all(isinstance(t, str | int | float) and str(t).strip() for t in texts):
+        raise ValueError("every option must be a non-empty text")
+    if labels is None:
+        labels = list(LETTERS[: len(texts)])
+    if not isinstance(labels, list) or len(labels) != len(texts):
+        raise ValueError("the choices' labels do not match their texts")
+    return [str(t).strip() for t in texts], [str(label).strip().upper() for label in labels]
+
+
+def _choice_answer(record: dict[str, Any], labels: list[str], count: int) -> str:
+    """The correct option's letter from an index (0-based) or a label ("C", or ARC's "3")."""
+    answer = next(
+        (record[key] for key in ("answer", "answerKey", "label") if record.get(key) is not None),
+        None,
+    )
+    if isinstance(answer, bool) or answer is None:
+        raise ValueError('no answer: expected "answer" (an index or a letter) or "answerKey"')
+    if isinstance(answer, int):
+        index = answer
+    elif isinstance(answer, str) and answer.strip().upper() in labels:
+        index = labels.index(answer.strip().upper())
+    else:
+        raise ValueError(f"the answer {answer!r} names none of the choices ({', '.join(labels)})")
+    if not 0 <= index < count:
+        raise ValueError(f"the answer index {answer} is outside the {count} choices")
+    return LETTERS[index]
+
+
+def read_multiple_choice(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """:func:`parse_multiple_choice` on a file."""
+    with open(path, encoding="utf-8") as fh:
+        return parse_multiple_choice(fh)
 
 
 # -------------------------------------------------------------------------------- arithmetic
