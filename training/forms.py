@@ -76,9 +76,65 @@ def launch_form_class(kind: RunKind) -> type[forms.Form]:
             label=spec.label,
             help_text=f"{ArtifactKind(spec.artifact_kind).label} artifacts",
         )
+    lists = []
     for name, info in kind.config_model().model_fields.items():
         fields[f"config_{name}"] = _form_field(name, info)
-    return type(f"{kind.name.title()}LaunchForm", (forms.Form,), fields)
+        if is_list_field(info):
+            lists.append(name)
+            fields[f"upload_{name}"] = forms.FileField(
+                required=False,
+                label=f"{fields[f'config_{name}'].label}: add from a file",
+                help_text="A .txt file, one entry per line; added to the list above.",
+            )
+    attrs: dict[str, Any] = {**fields, "list_fields": tuple(lists)}
+    return type(f"{kind.name.title()}LaunchForm", (LaunchForm,), attrs)
+
+
+LIST_UPLOAD_MAX_BYTES = 1 << 20  # word and URL lists are small; a bigger file is a mistake
+
+
+class LaunchForm(forms.Form):
+    """A launch form; list fields (one entry per line) also take entries from an uploaded file,
+    appended to what was typed, so a published word list is one upload away."""
+
+    list_fields: tuple[str, ...] = ()
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        for name in self.list_fields:
+            upload = cleaned.pop(f"upload_{name}", None)
+            if not upload:
+                continue
+            try:
+                added = _list_file_text(upload)
+            except ValueError as exc:
+                self.add_error(f"upload_{name}", str(exc))
+                continue
+            typed = (cleaned.get(f"config_{name}") or "").rstrip("\n")
+            cleaned[f"config_{name}"] = f"{typed}\n{added}" if typed else added
+        return cleaned
+
+
+def _list_file_text(upload: Any) -> str:
+    if upload.size > LIST_UPLOAD_MAX_BYTES:
+        raise ValueError(
+            f"The list file is {upload.size:,} bytes; lists up to "
+            f"{LIST_UPLOAD_MAX_BYTES:,} bytes are taken here (upload a domain blocklist as data)."
+        )
+    raw = upload.read()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise ValueError("The list file is not UTF-8 text.") from None
+    if "\x00" in text:
+        raise ValueError("The list file is not a text file (it holds NUL bytes).")
+    return "\n".join(line.rstrip() for line in text.splitlines()).strip("\n")
+
+
+def is_list_field(info: FieldInfo) -> bool:
+    """A text field holding one entry per line (a pydantic field marked ``{"list": True}``)."""
+    extra = info.json_schema_extra
+    return isinstance(extra, dict) and extra.get("list") is True
 
 
 def split_cleaned(kind: RunKind, cleaned: dict[str, Any]) -> tuple[dict, dict]:
@@ -119,7 +175,8 @@ def _form_field(name: str, info: FieldInfo) -> forms.Field:
     }
     if typing.get_origin(annotation) is Literal:
         choices = [(v, v) for v in typing.get_args(annotation)]
-        return forms.ChoiceField(choices=choices, **common)
+        # Not chosen (a plain HTTP post without the field) means the default, like the others.
+        return forms.TypedChoiceField(choices=choices, coerce=str, empty_value=None, **common)
     if annotation is bool:
         return forms.BooleanField(**common)
     if annotation is int:
@@ -127,7 +184,8 @@ def _form_field(name: str, info: FieldInfo) -> forms.Field:
     if annotation is float:
         return forms.FloatField(min_value=bounds.get("ge"), max_value=bounds.get("le"), **common)
     max_length = bounds.get("max_length")
-    widget = forms.Textarea(attrs={"rows": 3}) if (max_length or 0) > 200 else None
+    long_text = (max_length or 0) > 200 or is_list_field(info)
+    widget = forms.Textarea(attrs={"rows": 3}) if long_text else None
     return forms.CharField(max_length=max_length, widget=widget, strip=False, **common)
 
 

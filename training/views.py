@@ -74,7 +74,7 @@ def run_launch(request: HttpRequest, kind: str) -> HttpResponse:
     form_class = launch_form_class(run_kind)
     # Links like "train a tokenizer on this corpus" preselect inputs with ?input_corpus=<id>.
     initial = {key: request.GET.getlist(key) for key in request.GET if key.startswith("input_")}
-    form = form_class(request.POST or None, initial=initial)
+    form = form_class(request.POST or None, request.FILES or None, initial=initial)
     if request.method == "POST" and form.is_valid():
         config, inputs = split_cleaned(run_kind, form.cleaned_data)
         try:

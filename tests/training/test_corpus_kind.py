@@ -155,3 +155,47 @@ def test_tokens_are_counted_once_a_tokenizer_is_chosen(client_for, people, corpu
     assert not kept.context["more"]  # every kept document is on this first page
     assert counted == expected
     assert f"{counted:,} tokens with" in response.content.decode()
+
+
+def test_word_lists_are_uploaded_on_the_launch_form(client_for, people):
+    source = uploads.upload(
+        fmt=uploads.WEBDATA,
+        uploaded=SimpleUploadedFile(WARCS[0], (SHARED_DATA / "web/warc" / WARCS[0]).read_bytes()),
+        name="dolma",
+        user=people["tom"],
+    )
+    tom = client_for("tom")
+    form = tom.get("/runs/new/corpus/").content.decode()
+    assert 'enctype="multipart/form-data"' in form and 'name="upload_url_banned_words"' in form
+    assert '<textarea name="config_url_banned_words"' in form  # one entry per line
+
+    published = SHARED_DATA / "url_filter" / "datatrove_banned_words.txt"
+    response = tom.post(
+        "/runs/new/corpus/",
+        {
+            "input_sources": [source.pk],
+            "config_url_banned_words": "typedword\n",
+            "upload_url_banned_words": SimpleUploadedFile("words.txt", published.read_bytes()),
+        },
+    )
+    assert response.status_code == 302
+    words = Run.objects.get(kind="corpus").config["url_banned_words"].splitlines()
+    assert words[0] == "typedword"
+    assert words[1:] == [line.rstrip() for line in published.read_text().splitlines()]
+
+    # A file that is not a text list is refused with the reason; what was typed stays.
+    for content, reason in [
+        (b"\xff\xfe\x00bad", "not UTF-8 text"),
+        (b"x" * ((1 << 20) + 1), "lists up to"),
+    ]:
+        refused = tom.post(
+            "/runs/new/corpus/",
+            {
+                "input_sources": [source.pk],
+                "config_url_soft_banned_words": "keep me",
+                "upload_url_soft_banned_words": SimpleUploadedFile("w.txt", content),
+            },
+        )
+        page = refused.content.decode()
+        assert refused.status_code == 400 and reason in page and "keep me" in page
+    assert Run.objects.filter(kind="corpus").count() == 1

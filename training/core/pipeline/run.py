@@ -87,6 +87,7 @@ def _list_field(what: str) -> Any:
             f"{what}, one per line (# starts a comment). Added to Orchard's small built-in list "
             "unless that is switched off."
         ),
+        json_schema_extra={"list": True},  # forms show a text area and take an uploaded file
     )
 
 
@@ -108,7 +109,9 @@ class CorpusConfig(BaseModel):
         "Blocked sites: registered domains (example.com blocks all its subdomains) or full host "
         "names"
     )
-    url_blocked_urls: str = Field("", description="Exact URLs to drop, one per line.")
+    url_blocked_urls: str = Field(
+        "", description="Exact URLs to drop, one per line.", json_schema_extra={"list": True}
+    )
     url_banned_words: str = _list_field("Words that drop a page when they are a word of its URL")
     url_soft_banned_words: str = _list_field(
         "Words that drop a page when enough of them are words of its URL"
