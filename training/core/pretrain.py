@@ -40,13 +40,18 @@ From the shell::
     python -m training.core pretrain --config cfg.json --input corpus=data/a.txt \\
         --input tokenizer=out/tokenizer --out out/pretrain
 
-Several GPUs: not implemented. The loop is single-process; started under ``torchrun`` or
-``accelerate launch`` every process would train its own full copy on the same data and write the
-same folders. Data parallelism would need ``torch.distributed`` initialisation, a
-``DistributedDataParallel`` wrapper around the model, a per-rank seed for the window sampler
-(rank-offset generator), gradient all-reduce before clipping (DDP does it), and checkpoints and
-reports from rank 0 only. The step function and the sampler are written so that this is an
-addition, not a rewrite.
+Several GPUs (``processes`` above 1, or 0 for one per visible GPU): the corpus is tokenized in
+the calling process, which then starts ``python -m torch.distributed.run --standalone
+--nproc_per_node N -m training.core.distributed pretrain ...`` and relays the processes' reports
+(see :mod:`training.core.distributed`). Each process runs :func:`run_rank`: the whole model on
+its own GPU (NCCL; gloo on the CPU) wrapped in ``DistributedDataParallel``, and rows
+``[r*B/N, (r+1)*B/N)`` of every batch of ``B = batch_size`` windows, which every process draws
+from the same seeded generator. Gradients are averaged over the processes before clipping, so N
+processes take the steps one process would take with the same config, up to floating-point
+rounding. Rank 0 alone evaluates, samples, reports and writes checkpoints and the output;
+checkpoints are the same as one process's, so a run may resume with another number of
+processes. A stop request reaches every process at the same step (rank 0's answer is shared),
+so they all stop after the same checkpoint.
 
 Simplifications:
 
@@ -68,7 +73,7 @@ import math
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -78,6 +83,13 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from training.core.checkpoints import Checkpoint, latest_complete, prune, save_checkpoint
 from training.core.corpus import END_OF_TEXT, CorpusError, corpus_format, iter_documents
+from training.core.distributed import (
+    QuietReporter,
+    RankGroup,
+    launch,
+    process_group,
+    resolve_processes,
+)
 from training.core.model import PRESETS, PresetName
 from training.core.reporting import Cancelled, Reporter
 
@@ -232,6 +244,17 @@ class PretrainConfig(BaseModel):
     device: Literal["auto", "cpu", "cuda", "mps"] = Field(
         "auto", description="Where to train: auto prefers a CUDA GPU, then Apple MPS, then CPU."
     )
+    processes: int = Field(
+        1,
+        ge=0,
+        le=64,
+        description=(
+            "Data-parallel training processes on this machine, one per GPU, started with "
+            "torchrun: 1 trains in the worker itself; 0 starts one per visible CUDA GPU. "
+            "batch_size stays the batch of all processes together, split evenly between them, "
+            "so the result matches one process."
+        ),
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> PretrainConfig:
@@ -244,6 +267,15 @@ class PretrainConfig(BaseModel):
                 "context_too_long",
                 "context_length must be at most {limit} for the {preset} preset",
                 {"limit": limit, "preset": self.preset},
+            )
+        if self.processes > 1 and self.batch_size % self.processes:
+            _raise_field_error(
+                self,
+                "processes",
+                self.processes,
+                "batch_not_divisible",
+                "batch_size ({batch_size}) must split evenly between {processes} processes",
+                {"batch_size": self.batch_size, "processes": self.processes},
             )
         if self.warmup_steps and self.warmup_steps >= self.max_steps:
             _raise_field_error(
@@ -378,6 +410,7 @@ def make_train_step(
     amp_dtype: torch.dtype | None,
     grad_clip: float,
     compile: bool,
+    data_parallel: torch.nn.parallel.DistributedDataParallel | None = None,
 ) -> TrainStep:
     """One optimizer update over a list of micro-batches: ``step(windows, lr) -> (loss, norm)``.
 
@@ -385,19 +418,39 @@ def make_train_step(
     update equals one on the concatenated batch); the global norm is measured before clipping.
     Loss and norm come back as device tensors: reading them (``.item()``) waits for the device,
     so the caller does that only when it reports.
+
+    With ``data_parallel`` (the model's loss wrapped by :func:`data_parallel_loss`) each process
+    passes its share of every micro-batch; the gradients are averaged over the processes in the
+    last micro-batch's backward pass (the earlier ones accumulate locally, under ``no_sync``),
+    so every process clips and updates with the gradient of the whole batch. The loss returned
+    is this process's share; the caller averages it when it reports.
     """
     import torch
 
-    loss_fn = torch.compile(causal_lm_loss) if compile else causal_lm_loss
     params = [p for group in optimizer.param_groups for p in group["params"]]
+    if data_parallel is None:
+        loss_fn = torch.compile(causal_lm_loss) if compile else causal_lm_loss
+
+        def forward(window: torch.Tensor) -> torch.Tensor:
+            return loss_fn(model, window, amp_dtype)
+
+    else:
+        forward = torch.compile(data_parallel) if compile else data_parallel
+
+    def accumulate(windows: list[torch.Tensor], index: int) -> Any:
+        """No gradient exchange before the last micro-batch: one all-reduce per update."""
+        if data_parallel is None or index == len(windows) - 1:
+            return nullcontext()
+        return data_parallel.no_sync()
 
     def step(windows: list[torch.Tensor], lr: float) -> tuple[torch.Tensor, torch.Tensor]:
         for group in optimizer.param_groups:
             group["lr"] = lr
         total = torch.zeros((), device=windows[0].device)
-        for window in windows:  # (B, T+1) each
-            loss = loss_fn(model, window, amp_dtype)
-            (loss / len(windows)).backward()
+        for index, window in enumerate(windows):  # (B, T+1) each
+            with accumulate(windows, index):
+                loss = forward(window)
+                (loss / len(windows)).backward()
             total += loss.detach()
         if grad_clip > 0:
             norm = torch.nn.utils.clip_grad_norm_(params, grad_clip, foreach=True)
@@ -409,6 +462,33 @@ def make_train_step(
         return total / len(windows), norm
 
     return step
+
+
+def data_parallel_loss(
+    model: LlamaForCausalLM, amp_dtype: torch.dtype | None, device: torch.device
+) -> torch.nn.parallel.DistributedDataParallel:
+    """``causal_lm_loss`` as a module wrapped in DistributedDataParallel.
+
+    DDP prepares its gradient exchange in its own ``forward``; the loss calls the backbone and
+    the head directly (see causal_lm_loss), so the wrapped module is the loss, not the model.
+    Its buffers (the rotary frequencies) are constants: no need to broadcast them every step.
+    """
+    import torch
+    from torch.nn.parallel import DistributedDataParallel
+
+    class CausalLMLoss(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, window: torch.Tensor) -> torch.Tensor:
+            return causal_lm_loss(self.model, window, amp_dtype)
+
+    return DistributedDataParallel(
+        CausalLMLoss(),
+        device_ids=[device.index] if device.type == "cuda" else None,
+        forward_sync_buffers=False,
+    )
 
 
 # --------------------------------------------------------------------------------------- data
@@ -438,13 +518,19 @@ class WindowSampler:
         self.window = window
         self.generator = generator
 
-    def batch(self, batch_size: int) -> torch.Tensor:
-        """(batch_size, window) int64 token ids on the CPU."""
+    def batch(self, batch_size: int, share: slice | None = None) -> torch.Tensor:
+        """(batch_size, window) int64 token ids on the CPU, or only the ``share`` of those rows.
+
+        Every process of a data-parallel run draws the whole batch from the same generator,
+        so the generators stay in step, and reads only its rows.
+        """
         import numpy as np
         import torch
 
         high = len(self.tokens) - self.window + 1
         starts = torch.randint(0, high, (batch_size,), generator=self.generator).tolist()
+        if share is not None:
+            starts = starts[share]
         rows = np.stack([self.tokens[s : s + self.window] for s in starts])
         return torch.from_numpy(rows.astype(np.int64))
 
@@ -660,6 +746,10 @@ def run(
     While the corpus is being tokenized there is nothing to save, and Cancelled is raised.
     ValueError (with a message for people) when the inputs cannot work; CorpusError, a
     ValueError too, for unreadable or empty corpora.
+
+    With ``processes`` above 1 the corpus is tokenized here, then :func:`run_rank` runs in that
+    many processes started with torchrun (:func:`training.core.distributed.launch`), whose
+    reports reach ``reporter``; ProcessesFailed when one of them fails.
     """
     import torch
     from transformers.utils import logging as hf_logging
@@ -669,38 +759,173 @@ def run(
     hf_logging.disable_progress_bar()  # tqdm bars from save/load would clutter the run log
     out_dir = Path(out_dir)
     device = pick_device(cfg.device)  # refuse a missing GPU before tokenizing anything
-    amp_dtype = autocast_dtype(device, cfg.dtype)
+    processes = resolve_processes(cfg.processes, device)
+    _check_batch_split(cfg.batch_size, processes)
+    # The processes choose their precision on their own GPUs; asking CUDA here would give this
+    # process a context (and memory) on the first GPU for nothing.
+    amp_dtype = autocast_dtype(device, cfg.dtype) if processes == 1 else None
+    own_work_dir = work_dir is None
+    work = Path(work_dir) if work_dir is not None else out_dir / ".work"
+    prepared = _prepare(cfg, inputs, work, reporter, RankGroup())
+    if processes > 1:
+        return _launch(cfg, inputs, out_dir, work, own_work_dir, processes, reporter)
+
+    torch.set_float32_matmul_precision("high")  # TF32 matmuls on CUDA; no effect on CPU
+    trainer = _Trainer(
+        cfg,
+        prepared.tok,
+        prepared.data,
+        prepared.eot_id,
+        device,
+        amp_dtype,
+        work / "checkpoints",
+        reporter,
+    )
+    trainer.start(prepared.resume)
+    finished = trainer.train()
+    result = trainer.result(stopped_early=not finished)
+    if finished:
+        _write_output(trainer, out_dir, result, work if own_work_dir else None)
+    return result
+
+
+def run_rank(
+    config: dict[str, Any],
+    inputs: dict[str, list[Path]],
+    out_dir: Path,
+    reporter: Reporter,
+    *,
+    work_dir: Path | None = None,
+) -> dict[str, Any]:
+    """One process of a data-parallel run, started by torchrun (see training.core.distributed).
+
+    Every process holds the whole model and takes ``batch_size / processes`` rows of every
+    batch; DistributedDataParallel averages the gradients, so the updates are those of one
+    process with the whole batch. Rank 0 alone evaluates, samples, writes checkpoints and the
+    output folder, and reports (``reporter`` is silent on the others). It tokenizes the corpus
+    if that is still needed while the others wait, and picks the checkpoint all resume from.
+    The config's ``processes`` is not read here: torchrun decided how many there are.
+    """
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    from training.core.device import autocast_dtype, pick_device
+
+    cfg = PretrainConfig.model_validate(config)
+    hf_logging.disable_progress_bar()
+    out_dir = Path(out_dir)
+    with process_group(pick_device(cfg.device)) as group:
+        _check_batch_split(cfg.batch_size, group.world_size)
+        amp_dtype = autocast_dtype(group.device, cfg.dtype)
+        own_work_dir = work_dir is None
+        work = Path(work_dir) if work_dir is not None else out_dir / ".work"
+        prepared = _prepare(cfg, inputs, work, reporter, group)
+        torch.set_float32_matmul_precision("high")
+        trainer = _Trainer(
+            cfg,
+            prepared.tok,
+            prepared.data,
+            prepared.eot_id,
+            group.device,
+            amp_dtype,
+            work / "checkpoints",
+            reporter,
+            group=group,
+        )
+        trainer.start(prepared.resume)
+        finished = trainer.train()
+        result = trainer.result(stopped_early=not finished)
+        group.barrier()  # all are done with the data before rank 0 may delete the work folder
+        if finished and group.is_main:
+            _write_output(trainer, out_dir, result, work if own_work_dir else None)
+    return result
+
+
+@dataclass
+class _Prepared:
+    """What training needs from the inputs, checked, with the corpus tokenized."""
+
+    tok: PreTrainedTokenizerBase
+    eot_id: int
+    resume: Checkpoint | None
+    data: TokenData
+
+
+def _prepare(
+    cfg: PretrainConfig,
+    inputs: dict[str, list[Path]],
+    work: Path,
+    reporter: Reporter,
+    group: RankGroup,
+) -> _Prepared:
+    """Check the inputs, find the checkpoint to resume from and tokenize the corpus.
+
+    Among several processes rank 0 checks the checkpoint's hashes and tokenizes (or finds the
+    tokenization current) first; the others then open what it wrote.
+    """
     paths = _corpus_paths(inputs)
     tok_dir = _tokenizer_dir(inputs)
     tok = _load_tokenizer(tok_dir)
     eot_id = _end_of_text_id(tok)
     _check_context(cfg, tok)
 
-    own_work_dir = work_dir is None
-    work = Path(work_dir) if work_dir is not None else out_dir / ".work"
-    resume = latest_complete(work / "checkpoints")
+    resume = group.broadcast(latest_complete(work / "checkpoints") if group.is_main else None)
     if resume is not None:
         _check_resumable(resume, cfg, len(tok))
 
     fingerprint = _data_fingerprint(paths, tok_dir, cfg.val_fraction, eot_id)
-    data = prepare_data(
-        paths,
-        tok,
-        work / "data",
-        val_fraction=cfg.val_fraction,
-        eot_id=eot_id,
-        fingerprint=fingerprint,
+
+    def tokenized(speaker: Reporter) -> TokenData:
+        return prepare_data(
+            paths,
+            tok,
+            work / "data",
+            val_fraction=cfg.val_fraction,
+            eot_id=eot_id,
+            fingerprint=fingerprint,
+            reporter=speaker,
+        )
+
+    data = tokenized(reporter) if group.is_main else None
+    group.barrier()
+    if data is None:
+        data = tokenized(QuietReporter())
+    _check_windows(data, cfg, reporter)
+    return _Prepared(tok=tok, eot_id=eot_id, resume=resume, data=data)
+
+
+def _check_batch_split(batch_size: int, processes: int) -> None:
+    if batch_size % processes:
+        raise ValueError(
+            f"batch_size {batch_size} does not split evenly between {processes} processes: "
+            "each takes an equal share of every batch"
+        )
+
+
+def _launch(
+    cfg: PretrainConfig,
+    inputs: dict[str, list[Path]],
+    out_dir: Path,
+    work: Path,
+    own_work_dir: bool,
+    processes: int,
+    reporter: Reporter,
+) -> dict[str, Any]:
+    """Train in ``processes`` processes; the work folder goes after success, as in one."""
+    if reporter.should_stop():  # cancelled while the corpus was checked: start nothing
+        raise Cancelled()
+    # The processes get the work folder explicitly, so they keep it; deleting it is ours.
+    result = launch(
+        "pretrain",
+        processes=processes,
+        config=cfg.model_dump(mode="json"),
+        inputs=inputs,
+        out_dir=out_dir,
+        work_dir=work,
         reporter=reporter,
     )
-    _check_windows(data, cfg, reporter)
-
-    torch.set_float32_matmul_precision("high")  # TF32 matmuls on CUDA; no effect on CPU
-    trainer = _Trainer(cfg, tok, data, eot_id, device, amp_dtype, work / "checkpoints", reporter)
-    trainer.start(resume)
-    finished = trainer.train()
-    result = trainer.result(stopped_early=not finished)
-    if finished:
-        _write_output(trainer, out_dir, result, work if own_work_dir else None)
+    if own_work_dir and not result.get("stopped_early"):
+        shutil.rmtree(work, ignore_errors=True)
     return result
 
 
@@ -827,10 +1052,13 @@ class _Trainer:
         amp_dtype: torch.dtype | None,
         ckpt_root: Path,
         reporter: Reporter,
+        *,
+        group: RankGroup | None = None,
     ) -> None:
         import torch
 
         self.cfg = cfg
+        self.group = group or RankGroup(device=device)
         self.tok = tok
         self.data = data
         self.eot_id = eot_id
@@ -847,6 +1075,8 @@ class _Trainer:
         self.last_eval: dict[str, float] = {}
         self.saved_step: int | None = None
         self.started = time.monotonic()
+        self.rows = self.group.rows(cfg.batch_size)  # this process's share of every batch
+        self.data_parallel: Any = None
 
     @property
     def tokens_per_step(self) -> int:
@@ -884,20 +1114,30 @@ class _Trainer:
         self.sampler = WindowSampler(self.data.train, self.cfg.context_length + 1, self.generator)
         if resume:
             self._load_trainer_state(resume)
+        if self.group.distributed:  # after loading: DDP starts from rank 0's weights
+            self.data_parallel = data_parallel_loss(self.model, self.amp_dtype, self.device)
         self.train_step = make_train_step(
             self.model,
             self.optimizer,
             amp_dtype=self.amp_dtype,
             grad_clip=self.cfg.grad_clip,
             compile=self.cfg.compile,
+            data_parallel=self.data_parallel,
         )
         params = count_parameters(self.model_config)["parameters"]
         where = describe_device(self.device)
+        processes = self.group.world_size
         self.reporter.log(
             f"{self.cfg.preset} model, {format_count(params)} parameters, vocabulary "
             f"{len(self.tok)}, context {self.cfg.context_length}; training on "
             f"{where['type']} ({where.get('name', '')}) in {dtype_name(self.amp_dtype)}"
             + (", compiled" if self.cfg.compile else "")
+            + (
+                f"; {processes} processes, {self.cfg.batch_size // processes} windows each "
+                "per micro-batch"
+                if processes > 1
+                else ""
+            )
         )
         if resume:
             self.reporter.log(f"resumed from the checkpoint at step {resume.step}")
@@ -940,7 +1180,10 @@ class _Trainer:
         self.generator.set_state(state["data_rng"])
         torch.set_rng_state(state["torch_rng"])
         if self.device.type == "cuda" and state["cuda_rng"]:
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
+            if self.group.distributed:  # each process has one GPU: the first state is its own
+                torch.cuda.set_rng_state(state["cuda_rng"][0], self.device)
+            else:
+                torch.cuda.set_rng_state_all(state["cuda_rng"])
         self.step = self.resumed_from = self.saved_step = int(state["step"])
         self.tokens_seen = int(state["tokens_seen"])
         self.last_loss = state["last_loss"]
@@ -950,11 +1193,12 @@ class _Trainer:
     def train(self) -> bool:
         """Run steps until ``max_steps`` (True) or until asked to stop (False)."""
         cfg = self.cfg
-        window = _Interval(self.device)
+        main = self.group.is_main  # evaluation, samples and checkpoints are rank 0's
+        window = _Interval(self.device, self.group)
         while self.step < cfg.max_steps:
             lr = learning_rate_at(self.step, cfg)
             batches = [
-                self.sampler.batch(cfg.batch_size).to(self.device)
+                self.sampler.batch(cfg.batch_size, self.rows).to(self.device)
                 for _ in range(cfg.grad_accum_steps)
             ]
             loss, norm = self.train_step(batches, lr)
@@ -966,16 +1210,18 @@ class _Trainer:
             if self.step % cfg.log_every == 0 or last:
                 self.last_loss = window.report(self.reporter, self.step, lr)
             with window.paused():  # evaluation, samples and saving are not training throughput
-                if _due(self.step, cfg.eval_every, last) and self.data.val is not None:
+                if main and _due(self.step, cfg.eval_every, last) and self.data.val is not None:
                     self.evaluate()
-                if _due(self.step, cfg.sample_every, last) and cfg.prompts():
+                if main and _due(self.step, cfg.sample_every, last) and cfg.prompts():
                     self.sample()
                 if self.step % cfg.checkpoint_every == 0 or last:
                     self.save()
-                if not last and self.reporter.should_stop():
+                # Every process must leave the loop at the same step, or the others would wait
+                # for its gradients for ever: rank 0's answer is shared.
+                if not last and self.group.any(self.reporter.should_stop()):
                     self._stop(window)
                     return False
-        if self.step == cfg.max_steps and self.data.val is not None and not self.last_eval:
+        if main and self.step == cfg.max_steps and self.data.val is not None and not self.last_eval:
             self.evaluate()  # resumed from the final checkpoint: measure once more for the result
         return True
 
@@ -1054,10 +1300,14 @@ class _Trainer:
         )
         return self.tok.decode(out[0, len(ids) :], skip_special_tokens=True)
 
-    def save(self) -> Checkpoint:
+    def save(self) -> Checkpoint | None:
+        """A checkpoint of this step (None on the processes other than rank 0, which saves)."""
         import torch
 
         cfg = self.cfg
+        if not self.group.is_main:
+            self.saved_step = self.step
+            return None
 
         def write(folder: Path) -> None:
             self.model.save_pretrained(folder)
@@ -1069,7 +1319,7 @@ class _Trainer:
                 "optimizer": self.optimizer.state_dict(),
                 "data_rng": self.generator.get_state(),
                 "torch_rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+                "cuda_rng": self._cuda_rng_states(),
             }
             torch.save(state, folder / TRAINER_STATE)
 
@@ -1085,6 +1335,17 @@ class _Trainer:
         prune(self.ckpt_root, keep=cfg.keep_checkpoints, protect={ckpt.path})
         return ckpt
 
+    def _cuda_rng_states(self) -> list[torch.Tensor]:
+        """Every GPU's generator state; among several processes only this process's GPU's
+        (asking the others would open a CUDA context on each of them)."""
+        import torch
+
+        if self.device.type != "cuda":
+            return []
+        if self.group.distributed:
+            return [torch.cuda.get_rng_state(self.device)]
+        return torch.cuda.get_rng_state_all()
+
     # ------------------------------------------------------------------------------- results
 
     def result(self, *, stopped_early: bool) -> dict[str, Any]:
@@ -1093,6 +1354,7 @@ class _Trainer:
 
         params = count_parameters(self.model_config)["parameters"]
         splits = self.data.index["splits"]
+        processes = {"processes": self.group.world_size} if self.group.distributed else {}
         return {
             "steps": self.step,
             "max_steps": self.cfg.max_steps,
@@ -1109,6 +1371,7 @@ class _Trainer:
             "device": self.device.type,
             "dtype": dtype_name(self.amp_dtype),
             "seconds": round(time.monotonic() - self.started, 3),
+            **processes,
         }
 
 
@@ -1118,8 +1381,9 @@ class _Interval:
     Summing device tensors avoids a host-device sync per step; the sync happens once per report.
     """
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, group: RankGroup) -> None:
         self.device = device
+        self.group = group  # the loss is averaged over the processes: each saw part of a batch
         self._reset()
 
     def _reset(self) -> None:
@@ -1138,10 +1402,10 @@ class _Interval:
 
     def flush_loss(self) -> float | None:
         """The mean loss of the steps not reported yet (None if there are none)."""
-        return float(self.loss_sum) / self.steps if self.steps else None
+        return float(self.group.mean(self.loss_sum)) / self.steps if self.steps else None
 
     def report(self, reporter: Reporter, step: int, lr: float) -> float:
-        loss = float(self.loss_sum) / self.steps  # the sync point
+        loss = float(self.group.mean(self.loss_sum)) / self.steps  # the sync point
         seconds = max(1e-9, time.perf_counter() - self.began - self.paused_seconds)
         reporter.metrics(
             {
