@@ -395,12 +395,31 @@ class DemoPipeline:
             checkpoint_names=[r.stage for r in checkpoints],
         )
         final = grpo.artifact
+        self.report_follow_up_evaluations([base, sft, reward, ppo, grpo])
         chat_url = self.url(f"/chat/?checkpoint={final.pk}")
         seconds = time.monotonic() - started
         self.say(f"Done in {format_seconds(seconds)}. Chat with the final checkpoint: {chat_url}")
         return DemoResult(
             stages=self.results, final_checkpoint=final, chat_url=chat_url, seconds=seconds
         )
+
+    def report_follow_up_evaluations(self, stages: list[StageResult]) -> None:
+        """The figures of the evaluations each training run launched by itself (those that have
+        finished: in-process runs leave theirs to a worker)."""
+        from training.evaluations import FIGURES, evaluations_of
+
+        for result in stages:
+            for run in evaluations_of(result.artifact):
+                if run.status != RunStatus.SUCCEEDED or len(run.inputs.get("checkpoints", [])) > 1:
+                    continue  # the side-by-side stage above is not a follow-up
+                row = (run.result.get("checkpoints") or [{}])[0]
+                shown = [
+                    f"{f.label} {f.text(row[f.key])}" for f in FIGURES if row.get(f.key) is not None
+                ]
+                if shown:
+                    self.say(
+                        f"      evaluation of {result.stage} (run #{run.pk}): {', '.join(shown)}"
+                    )
 
     # --- data -----------------------------------------------------------------------------
 
@@ -625,6 +644,8 @@ class DemoPipeline:
             raise DemoFailed(f"{kind} run #{run.pk} succeeded without an output artifact")
         summary, figures = SUMMARIES[kind](run, **summary_args)
         result = StageResult(kind, run, artifact, seconds, summary, figures)
+        if self.mode == "in-process":
+            self._evaluate_here(artifact)
         self.results[kind] = result
         self.say(f"[{number}/{len(STAGES)}] {kind}: {summary} ({format_seconds(seconds)})")
         return result
@@ -645,6 +666,14 @@ class DemoPipeline:
                 f"({format_seconds(self.timeout)}) and was cancelled; "
                 f"see {self.url(run.get_absolute_url())}"
             )
+
+    def _evaluate_here(self, artifact: Artifact) -> None:
+        """Run the evaluation the stage launched by itself, as a worker would have."""
+        from training.evaluations import evaluations_of
+
+        for run in evaluations_of(artifact):
+            if run.status == RunStatus.QUEUED:
+                self._execute_here(run)
 
     def _wait(self, run: Run, kind: str) -> None:
         """Poll the database until the run is over, with a progress line now and then."""

@@ -105,13 +105,40 @@ def check_metrics(runs: dict[str, Run]) -> None:
     assert all(0 <= row["pass@1"] <= 1 and 0 <= row["pass@k"] <= 1 for row in scores)
 
 
-def test_the_quick_demo_runs_the_whole_chain_on_generated_data() -> None:
+# The figure each training stage's own follow-up evaluation must produce (training/evaluations.py).
+FOLLOW_UP_FIGURES = {
+    "pretrain": "val_bpb",
+    "sft": "sft_loss",
+    "reward": "rm_accuracy",
+    "ppo": "win_rate",
+    "grpo": "pass@1",
+}
+
+
+def check_follow_up_evaluations(outputs: dict[str, Artifact], output: str) -> None:
+    """Every training stage was followed by an evaluation of its checkpoint that succeeded."""
+    for kind, figure in FOLLOW_UP_FIGURES.items():
+        follow_ups = [
+            run
+            for run in Run.objects.filter(kind="evaluate").order_by("pk")
+            if run.inputs.get("checkpoints") == [outputs[kind].pk]
+        ]
+        assert len(follow_ups) == 1, kind
+        run = follow_ups[0]
+        assert run.status == RunStatus.SUCCEEDED, f"{kind}: {run.error}"
+        assert finite(run.result["checkpoints"][0][figure]), (kind, run.result)
+        assert f"evaluation of {kind} (run #{run.pk}): " in output
+
+
+def test_the_quick_demo_runs_the_whole_chain_on_generated_data(settings) -> None:
+    settings.ORCHARD_AUTO_EVALUATE = True  # the demo runs each stage's evaluation in-process
     out = io.StringIO()
     call_command("orchard_demo", "--quick", "--in-process", stdout=out)
     output = out.getvalue()
     runs = demo_runs()
     outputs = check_chain(runs)
     check_metrics(runs)
+    check_follow_up_evaluations(outputs, output)
 
     for number, kind in enumerate(STAGES, start=1):  # a start line and a summary line each
         assert len(re.findall(rf"^\[{number}/8\] {kind}: ", output, re.MULTILINE)) == 2, output
