@@ -13,6 +13,15 @@ pytestmark = pytest.mark.django_db
 PAYLOAD = "<script>alert(1)</script><img src=x onerror=alert(2)>\"'><svg onload=alert(3)>"
 
 
+def csp_directives(header: str) -> dict[str, list[str]]:
+    """``"script-src 'self'; img-src 'self' data:"`` as ``{"script-src": ["'self'"], ...}``."""
+    directives = {}
+    for part in header.split(";"):
+        name, *values = part.split()
+        directives[name] = values
+    return directives
+
+
 def test_pages_send_a_strict_content_security_policy_and_headers(client_for):
     response = client_for("tom").get("/runs/")
     csp = response["Content-Security-Policy"]
@@ -24,6 +33,44 @@ def test_pages_send_a_strict_content_security_policy_and_headers(client_for):
     assert response["X-Frame-Options"] == "DENY"
     assert response["X-Content-Type-Options"] == "nosniff"
     assert response["Referrer-Policy"] == "same-origin"
+
+
+@pytest.mark.parametrize(
+    ("who", "path"),
+    [(None, "/login/"), ("lena", "/labeling/"), ("lena", "/chat/"), ("tom", "/no-such-page/")],
+)
+def test_no_page_allows_inline_script(client_for, who, path):
+    """Inline script, inline event handlers, javascript: URLs and eval are all refused by the
+    browser, on every kind of page (an error page too): only files from our own origin run."""
+    directives = csp_directives(client_for(who).get(path)["Content-Security-Policy"])
+    assert directives["script-src"] == ["'self'"]
+    assert directives["default-src"] == ["'self'"]
+    assert directives["object-src"] == ["'none'"]
+    assert directives["base-uri"] == ["'self'"]
+    assert "script-src-attr" not in directives and "script-src-elem" not in directives
+
+
+def test_htmx_runs_no_script_from_responses(client_for):
+    """htmx can eval ``hx-on``/``js:`` values and run <script> in swapped HTML; both are off."""
+    import json
+    import re
+
+    page = client_for("lena").get("/labeling/").content.decode()
+    config = json.loads(re.search(r'<meta name="htmx-config" content=\'([^\']+)\'>', page)[1])
+    assert config["allowEval"] is False and config["allowScriptTags"] is False
+    assert config["selfRequestsOnly"] is True
+
+
+def test_the_xss_payloads_are_many_distinct_and_each_names_itself():
+    """The browser tests' payloads: at least 60, one line each, no NUL, each with its number."""
+    from tests.support.xss import PAYLOADS, mentions
+
+    assert len(PAYLOADS) >= 60 and len(set(PAYLOADS)) == len(PAYLOADS)
+    for n, payload in enumerate(PAYLOADS, 1):
+        assert "\n" not in payload and "\0" not in payload, n
+        # one line even where str.splitlines also splits (U+2028 and the like, at the ends only)
+        assert len([line for line in payload.splitlines() if line.strip()]) == 1, n
+        assert mentions(payload, n), payload
 
 
 def test_user_and_run_text_is_escaped_everywhere_it_is_shown(client_for, people):

@@ -20,6 +20,10 @@
   let dirty = false;
   let saving = false;
   let submitAfterSave = null; // {submitter}: a form submission waiting for a running autosave
+  // Turns of autosaves that got no answer since the last one that did (JSON): the server may
+  // have saved one and gone down before replying. The first is the one most likely to have
+  // landed; a few of the latest are kept too, so the list stays small however long it is down.
+  let unanswered = [];
   let chatmlTimer = null;
 
   // --- reading and writing the turns ------------------------------------------------------
@@ -97,6 +101,7 @@
   async function autosave() {
     if (!dirty || saving) return;
     saving = true;
+    let saveAgain = false;
     const sent = snapshot();
     try {
       const response = await fetch(form.dataset.autosaveUrl, {
@@ -108,15 +113,24 @@
       });
       if (response.ok) {
         const body = await response.json();
-        versionInput.value = body.version;
-        document.getElementById("version-label").textContent = body.version;
+        unanswered = [];
+        setVersion(body.version);
         if (JSON.stringify(readTurns()) === JSON.stringify(sent.turns)) {
           dirty = false;
           localStorage.setItem(storageKey, JSON.stringify({ ...snapshot(), dirty: false }));
           setState(`Saved at ${new Date().toLocaleTimeString()}`);
         }
       } else if (response.status === 409) {
-        showConflict(await response.json());
+        const body = await response.json();
+        if (unanswered.includes(JSON.stringify(body.turns))) {
+          // The newer version holds exactly what an unanswered autosave of ours sent: it is our
+          // own save, not someone else's edit, so the next save builds on it at once.
+          unanswered = [];
+          setVersion(body.version);
+          saveAgain = true;
+        } else {
+          showConflict(body);
+        }
       } else if (response.type === "opaqueredirect" || response.status === 403 || response.status === 401) {
         setState("Your session expired. Log in again in another tab: your text is kept in this browser and will be restored here.");
       } else {
@@ -124,6 +138,10 @@
         setState(`Not saved: ${body.error || response.statusText}. Your text is kept in this browser.`);
       }
     } catch (e) {
+      const turns = JSON.stringify(sent.turns);
+      if (!unanswered.includes(turns)) {
+        unanswered = unanswered.length < 6 ? [...unanswered, turns] : [unanswered[0], ...unanswered.slice(-4), turns];
+      }
       setState("Offline? Not saved yet; your text is kept in this browser.");
     } finally {
       saving = false;
@@ -131,8 +149,15 @@
         const { submitter } = submitAfterSave;
         submitAfterSave = null;
         form.requestSubmit(submitter); // now with the version the autosave got back
+      } else if (saveAgain) {
+        autosave();
       }
     }
+  }
+
+  function setVersion(version) {
+    versionInput.value = version;
+    document.getElementById("version-label").textContent = version;
   }
 
   function saveOnLeave() {

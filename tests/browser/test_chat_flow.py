@@ -15,8 +15,8 @@ from django.conf import settings
 from playwright.sync_api import Page, expect
 
 from tests.browser.test_labeling_flow import log_in
-from tests.browser.test_labeling_xss import LIVE_MARKUP, RECORD_CSP, check
-from tests.browser.test_stored_xss import HOSTILE, PAYLOADS
+from tests.browser.test_labeling_xss import check
+from tests.support.xss import HOSTILE, HOSTILE_LINES, LIVE_MARKUP, PAYLOADS, RECORD_CSP, culprits
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -220,7 +220,7 @@ def test_model_output_never_runs_as_script(
         turns=[
             {"role": "assistant", "content": HOSTILE, "tool_calls": [call]},
             {"role": "tool", "content": HOSTILE},
-            {"role": "assistant", "content": HOSTILE},
+            {"role": "assistant", "content": HOSTILE_LINES},  # Markdown's block syntax too
         ],
         checkpoint=tiny_checkpoint,
         finish_reason="eos",
@@ -253,7 +253,7 @@ def test_model_output_never_runs_as_script(
         looked.wait(timeout=15)
         yield {
             "event": "done",
-            "messages": [{"role": "assistant", "content": HOSTILE}],
+            "messages": [{"role": "assistant", "content": HOSTILE_LINES}],
             "finish_reason": "eos",
             "tokens": len(PAYLOADS),
         }
@@ -272,12 +272,12 @@ def test_model_output_never_runs_as_script(
     looked.set()
     expect(page.locator(f"{ASSISTANT}.streaming")).to_have_count(0)
     saved = ChatMessage.objects.get(session=streamed, role="assistant")
-    assert (saved.content, saved.finish_reason) == (HOSTILE, "eos")
+    assert (saved.content, saved.finish_reason) == (HOSTILE_LINES, "eos")
     expect(page.locator(f"#msg-{saved.pk}")).to_be_visible()
     check(page, "lena", *PAYLOADS)
-    assert page.evaluate(LIVE_MARKUP) == []
-    assert dialogs == []
-    assert foreign == []
+    assert page.evaluate(LIVE_MARKUP, "body") == []
+    assert dialogs == [], culprits(dialogs)
+    assert foreign == [], culprits(foreign)
     assert problems == [], problems
 
 

@@ -395,3 +395,57 @@ def test_submit_while_an_autosave_is_under_way_is_not_a_conflict(
     assert stored.status == ConversationStatus.SUBMITTED
     assert stored.messages[2]["content"] == text
     assert problems == [], problems
+
+
+def test_no_draft_is_lost_when_the_web_server_dies_during_an_autosave(
+    browser_page, web_server, people, project
+):
+    """kill -9 of the web server while an autosave is under way (the server has saved it, the
+    answer never arrives), more typing while it is down, a restart on the same port: every
+    character typed ends up saved, and the editor's own lost save comes back as a 409 that it
+    recognises instead of a conflict for the labeler to settle."""
+    from labeling.models import Conversation
+
+    page, problems = browser_page
+    conversation = _draft_for_lena(project, people)
+    web_server.start()
+    log_in(page, web_server.url, "lena")
+    page.goto(f"{web_server.url}{conversation.get_absolute_url()}")
+    answers: list[int] = []
+    page.on("response", lambda r: r.url.endswith("/autosave/") and answers.append(r.status))
+    state = page.locator("#save-state")
+    box = page.locator("#turns textarea[name=content]").nth(2)
+
+    def saved_text() -> tuple[str, int]:
+        stored = Conversation.objects.get(pk=conversation.pk)
+        return stored.messages[2]["content"], stored.version
+
+    def die_after_saving(route) -> None:
+        route.fetch()  # the server has the request and commits the save...
+        web_server.kill9()  # ...and is killed before its answer leaves
+        route.abort("connectionreset")
+
+    page.route("**/autosave/", die_after_saving, times=1)
+    box.click()
+    page.keyboard.type("2 + 3 = 5")
+    page.keyboard.press("Control+s")  # autosave now rather than at the next 4-second tick
+    expect(state).to_contain_text("Offline?", timeout=10_000)
+    assert saved_text() == ("2 + 3 = 5", conversation.version + 1)
+
+    # typed while the server is down: the autosave cannot connect, the text waits in the page
+    page.keyboard.type(", because three on from two is five.")
+    expect(state).to_have_text("Unsaved changes")
+    page.keyboard.press("Control+s")
+    expect(state).to_contain_text("Offline?", timeout=10_000)
+
+    web_server.start()  # same port, same database; the browser's session is still valid
+    typed = "2 + 3 = 5, because three on from two is five."
+    expect(state).to_have_text(SAVED, timeout=15_000)  # the next tick, no keypress needed
+    assert saved_text() == (typed, conversation.version + 2)
+    assert answers == [409, 200]  # its own lost save, recognised; then the rest on top of it
+    expect(page.locator("#conflict-banner")).to_be_hidden()
+
+    page.reload()
+    assert turn_texts(page)[2] == typed
+    expect(page.locator("#restore-banner")).to_be_hidden()
+    assert unexpected(problems, "net::ERR_CONNECTION", "status of 409") == [], problems

@@ -13,7 +13,7 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from tests.browser.test_labeling_flow import log_in, log_out
-from tests.browser.test_stored_xss import HOSTILE, PAYLOADS
+from tests.support.xss import HOSTILE, HOSTILE_LINES, LIVE_MARKUP, PAYLOADS, RECORD_CSP, culprits
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -25,35 +25,12 @@ GUIDELINES = "\n\n".join(
         "| a | b |\n|---|---|\n| " + PAYLOADS[2] + " | " + PAYLOADS[7] + " |",
         "```\n" + HOSTILE + "\n```",
         "<details open><summary>x</summary>" + PAYLOADS[0] + "</details>",
+        HOSTILE_LINES,
     ]
 )
 TOOL_CALL = json.dumps({"name": "lookup", "arguments": {"query": HOSTILE}})
 # What is always shown as text somewhere once the hostile project name is on a page.
 IN_NAME = PAYLOADS[:2]
-
-RECORD_CSP = """
-window.cspViolations = [];
-document.addEventListener("securitypolicyviolation",
-  (e) => window.cspViolations.push(`${e.violatedDirective} ${e.blockedURI}`));
-"""
-# Anything the payloads would have made live: event handlers, javascript: URLs, frames,
-# inline script, htmx attributes that came from text.
-LIVE_MARKUP = """() => {
-  const bad = [];
-  for (const el of document.querySelectorAll("*")) {
-    for (const a of el.attributes) {
-      const value = a.value.trim().toLowerCase();
-      if (a.name.startsWith("on") || a.name.startsWith("hx-on") || value.startsWith("javascript:")
-          || (a.name.startsWith("hx-") && a.name !== "hx-headers")) {
-        bad.push(`${el.tagName} ${a.name}=${a.value}`);
-      }
-    }
-  }
-  document.querySelectorAll("iframe, object, embed, script:not([src])").forEach(
-    (el) => bad.push(el.outerHTML.slice(0, 80)));
-  document.querySelectorAll("img").forEach((el) => bad.push(`img ${el.src}`));
-  return bad;
-}"""
 
 
 def page_text(page: Page) -> str:
@@ -66,7 +43,8 @@ def page_text(page: Page) -> str:
 
 def check(page: Page, who: str, *shown: str) -> None:
     """The page as it stands: nothing live, nothing blocked, the hostile text shown as text."""
-    assert page.evaluate(LIVE_MARKUP) == [], page.url
+    live = page.evaluate(LIVE_MARKUP, "body")
+    assert live == [], (page.url, live, culprits(live))
     assert page.evaluate("window.cspViolations") == [], page.url
     expect(page.locator("header .whoami")).to_contain_text(who)  # hx-get="/logout/" never ran
     text = page_text(page)
@@ -114,7 +92,7 @@ def test_hostile_text_is_inert_on_every_labeling_page(browser_page, live_server,
     page.goto(f"{base}/labeling/projects/{project.pk}/seed/identity/")
     page.fill("#id_assistant_name", HOSTILE[:100])
     page.fill("#id_maker", HOSTILE[:200])
-    page.fill("#id_purpose", HOSTILE)
+    page.fill("#id_purpose", HOSTILE[:500])  # the field's limit
     page.fill("#id_limitations", "\n".join(PAYLOADS))
     page.check("#id_approve")
     page.click("main button:has-text('Add conversations')")
@@ -159,7 +137,8 @@ def test_hostile_text_is_inert_on_every_labeling_page(browser_page, live_server,
     editor_url = f"{base}{conversation.get_absolute_url()}"
     texts = page.locator("#turns textarea[name=content]")
     texts.nth(1).fill(HOSTILE)
-    for role, text in (("tool_call", TOOL_CALL), ("tool", HOSTILE), ("assistant", HOSTILE)):
+    # the last reply one payload a line: Markdown's block syntax (reference links) applies
+    for role, text in (("tool_call", TOOL_CALL), ("tool", HOSTILE), ("assistant", HOSTILE_LINES)):
         page.click(f".add-turns button[data-add={role}]")
         texts.last.fill(text)
     expect(page.locator("#chatml span.assistant").last).to_contain_text(PAYLOADS[-1])
@@ -217,8 +196,8 @@ def test_hostile_text_is_inert_on_every_labeling_page(browser_page, live_server,
     page.wait_for_url("**/labeling/snapshots/*/")
     check(page, "tom", *PAYLOADS)
 
-    assert dialogs == []
-    assert foreign == []
+    assert dialogs == [], culprits(dialogs)
+    assert foreign == [], culprits(foreign)
     assert problems == [], problems  # includes "Refused to ..." CSP reports
 
 

@@ -1,35 +1,18 @@
 """Stored XSS, in a real browser: hostile text in every field a person or a model can write is
-shown as text. Chromium reports no dialog, no script blocked by the CSP (which would mean the
-markup reached the page as HTML) and no request to another origin."""
+shown as text. Chromium reports no dialog, no live markup on any page (event handlers, script URLs,
+frames), no script blocked by the CSP (which would mean the markup reached the page as HTML) and no
+request to another origin."""
 
 from __future__ import annotations
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
+from tests.support.xss import HOSTILE, LIVE_MARKUP, PAYLOADS, RECORD_CSP, culprits
 from training import services, uploads
 from training.models import Run, RunRecord, RunStatus
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration, pytest.mark.django_db(transaction=True)]
-
-PAYLOADS = [
-    "<script>alert(1)</script>",
-    "<img src=x onerror=alert(2)>",
-    "<svg onload=alert(3)>",
-    "</script><script>alert(4)</script>",
-    '"><img src=x onerror=alert(5)>',
-    "'><svg/onload=alert(6)>",
-    "<a href=javascript:alert(7)>x</a>",
-    "[x](javascript:alert(8)) ![y](https://evil.example/i.png)",
-    '<div hx-get="/logout/" hx-trigger="load">x</div>',
-    "<div hx-on:click=alert(9)>x</div>",
-    "{{7*7}} {% debug %}",
-    "\u2028<script>alert(10)</script>\u2029",
-    '<iframe srcdoc="<script>alert(11)</script>"></iframe>',
-    "<img src=https://evil.example/leak.png>",
-    '{"a": "</script><script>alert(12)</script>"}',
-]
-HOSTILE = " ".join(PAYLOADS)
 
 
 def test_hostile_text_is_inert_on_every_page(browser_page, live_server, people):
@@ -57,6 +40,7 @@ def test_hostile_text_is_inert_on_every_page(browser_page, live_server, people):
         run=run, step=1, name="samples", payload={"samples": [{"prompt": HOSTILE, "text": HOSTILE}]}
     )
 
+    page.add_init_script(RECORD_CSP)
     page.goto(f"{live_server.url}/login/")
     page.fill("input[name=username]", "tom")
     page.fill("input[name=password]", "pw-tom")
@@ -74,11 +58,13 @@ def test_hostile_text_is_inert_on_every_page(browser_page, live_server, people):
         f"/tokenizers/playground/?text={quote(HOSTILE)}",
     ):
         page.goto(f"{live_server.url}{path}")
-        page.wait_for_load_state("networkidle")
-        assert page.locator("body").inner_text()  # rendered
-    assert (
-        page.evaluate("document.querySelectorAll('iframe, svg[onload], img[onerror]').length") == 0
-    )
-    assert dialogs == []
-    assert foreign == []
+        page.wait_for_load_state("networkidle")  # images, frames and htmx have had their try
+        live = page.evaluate(LIVE_MARKUP, "body, form.launch")  # the launch forms' own htmx
+        assert live == [], (path, live, culprits(live))
+        assert page.evaluate("window.cspViolations") == [], path
+        if path == f"/runs/{run.pk}/":
+            text = page.locator("body").inner_text()
+            assert [p for p in PAYLOADS if p not in text] == []  # shown, as text
+    assert dialogs == [], culprits(dialogs)
+    assert foreign == [], culprits(foreign)
     assert problems == [], problems  # includes "Refused to execute inline script" CSP reports
