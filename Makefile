@@ -73,12 +73,16 @@ bench: setup
 	$(BIN)/python -m training.core.bench webdata
 	$(BIN)/python -m training.core.bench rl
 
-# Fault trials at full size: kill -9 the worker at random points of TRIALS runs (CI runs 1).
+# Fault trials at full size, TRIALS of each (CI runs a small form): kill -9 the worker at random
+# points of countdown, tokenizer, pretraining and SFT runs and in the middle of checkpoint writes,
+# on both database/broker pairs; then FLUSHALL and kill -9 of Redis under a worker.
 stress: setup
-	ORCHARD_KILL_TRIALS=$${TRIALS:-20} $(PYTEST) -q -m integration tests/integration/test_worker_faults.py
+	ORCHARD_KILL_TRIALS=$${TRIALS:-20} $(PYTEST) -q -m integration \
+		tests/integration/test_worker_faults.py tests/integration/test_training_faults.py
 	ORCHARD_KILL_TRIALS=$${TRIALS:-20} DATABASE_URL=$(TEST_DATABASE_URL) \
-		CELERY_BROKER_URL=$(TEST_BROKER_URL) \
-		$(PYTEST) -q -m integration tests/integration/test_worker_faults.py
+		CELERY_BROKER_URL=$(TEST_BROKER_URL) $(PYTEST) -q -m integration \
+		tests/integration/test_worker_faults.py tests/integration/test_training_faults.py \
+		tests/integration/test_redis_faults.py
 	TEST_DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/python -m stress.load --db postgres --labelers 50 --seconds 300
 	$(BIN)/python -m stress.load --db sqlite --labelers 10 --seconds 120
 	$(BIN)/python -m stress.schema --full --checks not_a_server_error,response_schema_conformance

@@ -36,12 +36,13 @@ def test_a_killed_worker_run_is_resumed_by_another(start_worker, people, trial):
     )
     wait_for(lambda: Run.objects.get(pk=run.pk).step >= kill_after, 60, f"step {kill_after}")
     first.kill9()
-    start_worker(f"rescuer{trial}")
+    rescuer = start_worker(f"rescuer{trial}")
     wait_for(
         lambda: Run.objects.get(pk=run.pk).status in (RunStatus.SUCCEEDED, RunStatus.FAILED),
         90,
         "the resumed run to finish",
     )
+    rescuer.kill9()  # nothing left for it to do, and a warm shutdown takes seconds
     run.refresh_from_db()
     assert run.status == RunStatus.SUCCEEDED, run.error
     assert run.attempts == 2

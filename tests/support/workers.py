@@ -1,16 +1,19 @@
 """Real Celery worker subprocesses for integration tests, on whatever database and broker the
 test process is configured with (SQLite + filesystem by default, PostgreSQL + Redis in the
-second pass of ``make test``)."""
+second pass of ``make test``), and the faults the fault tests inflict on them: kill -9, a
+process group frozen mid-write, a private Redis server flushed or killed under them."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +28,10 @@ FAST_LEASES = {
     "ORCHARD_SWEEP_INTERVAL_SECONDS": "1",
     "ORCHARD_REQUEUE_QUEUED_AFTER_SECONDS": "4",
 }
+
+# Workers that train pass this: tiny models train fastest on one thread when processes share
+# the cores, and a run matches its in-process reference only at the same thread count.
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 def test_database_url() -> str:
@@ -81,6 +88,20 @@ class WorkerProcess:
         os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(timeout=10)
 
+    def freeze(self) -> None:
+        """SIGSTOP the whole group: whatever it was writing stays exactly as far as it got."""
+        os.killpg(self.proc.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGCONT)
+
+    def owns_pid(self, pid: int) -> bool:
+        """Whether ``pid`` (a pool child) belongs to this worker's process group."""
+        try:
+            return os.getpgid(pid) == self.proc.pid
+        except ProcessLookupError:
+            return False
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
@@ -115,3 +136,122 @@ def purge_broker() -> None:
             # A queue that does not exist yet has nothing to purge.
             with contextlib.suppress(Exception):
                 conn.default_channel.queue_purge(queue)
+
+
+def lease_holder(workers: list[WorkerProcess], run_id: int, timeout: float = 60) -> WorkerProcess:
+    """The worker whose pool child holds the run's lease (``host:pid:token``)."""
+    from training.models import Run
+
+    def holder() -> WorkerProcess | None:
+        owner = Run.objects.get(pk=run_id).lease_owner
+        if not owner:
+            return None
+        pid = int(owner.split(":")[1])
+        return next((w for w in workers if w.owns_pid(pid)), None)
+
+    return wait_for(holder, timeout, f"a worker to claim run {run_id}")
+
+
+@contextlib.contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """In-process reference runs use one thread, like workers started with ONE_THREAD."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+# --- a private Redis ----------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def redis_server_path() -> str | None:
+    return shutil.which("redis-server") or (
+        "/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None
+    )
+
+
+class RedisServer:
+    """A redis-server of the test's own on a free port, without persistence: killed and started
+    again, it comes back empty, as a broker host that lost its memory would."""
+
+    def __init__(self, executable: str, log_dir: Path) -> None:
+        self.executable = executable
+        self.port = free_port()
+        self.log_dir = log_dir
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def url(self, db: int = 0) -> str:
+        return f"redis://127.0.0.1:{self.port}/{db}"
+
+    def start(self) -> None:
+        log = self.log_dir / f"redis-{self.port}.log"
+        self.proc = subprocess.Popen(
+            [self.executable, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.log_dir), "--logfile", str(log)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        wait_for(self.ping, 20, f"redis-server on port {self.port}")
+
+    def ping(self) -> bool:
+        import redis
+
+        try:
+            return bool(redis.Redis(port=self.port, socket_timeout=1).ping())
+        except redis.RedisError:
+            return False
+
+    def flushall(self) -> None:
+        import redis
+
+        redis.Redis(port=self.port, socket_timeout=5).flushall()
+
+    def kill9(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.kill9()
+
+
+@contextlib.contextmanager
+def broker_for_this_process(url: str) -> Iterator[None]:
+    """Point this process's Celery app (what run_create and run_enqueue publish with) at
+    ``url``; the pools are dropped on the way in and out so no connection to the other broker
+    is reused."""
+    from webapp.celery import app
+
+    def drop_pools() -> None:
+        if app._pool is not None:
+            app._pool.force_close_all()
+        app._pool = None
+        app.amqp._producer_pool = None
+
+    # The write and read URLs, since CELERY_BROKER_URL in the environment (the PostgreSQL +
+    # Redis pass) overrides broker_url itself.
+    keys = ("broker_write_url", "broker_read_url", "broker_transport_options")
+    saved = {key: app.conf.get(key) for key in keys}
+    drop_pools()
+    app.conf.update(broker_write_url=url, broker_read_url=url, broker_transport_options={})
+    try:
+        yield
+    finally:
+        drop_pools()
+        app.conf.update(saved)
