@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import random
+import re
+import unicodedata
+
 import numpy as np
 import pytest
 
@@ -85,3 +89,53 @@ def test_allenai_fetched_three_times(exact: bool) -> None:
     reason = "exact_duplicate" if exact else "near_duplicate"
     assert {i: result[i] for i in copies} == {i: (reason, first) for i in copies}
     assert set(result) == set(copies)  # every other page is kept
+
+
+def test_normalise_follows_its_definition_on_any_text() -> None:
+    """Lower-case, NFD without combining marks, numbers to 0, every punctuation, symbol and
+    control character of the Basic Multilingual Plane to a space, whitespace collapsed."""
+
+    def category_to(prefixes: tuple[str, ...], by: str | None) -> dict[int, str | None]:
+        return {c: by for c in range(0x10000) if unicodedata.category(chr(c)).startswith(prefixes)}
+
+    marks, separators = category_to(("Mn",), None), category_to(("P", "S", "C"), " ")
+
+    def reference(text: str) -> str:
+        text = unicodedata.normalize("NFD", text.lower()).translate(marks)
+        text = re.sub(r"\d+(?:[.,]\d+)?", "0", text)
+        return " ".join(text.translate(separators).split())
+
+    rng = random.Random(2)
+    alphabet = [*"aZé\u0301ß İ.,;!?-–—'\"()[]{}<>@#$%&*+=/\\|^~`_0123456789\t\n\r\x00\x7f\xa0"]
+    alphabet += ["中文", "ελληνικά", "русский", "हिन्दी", "العربية", "😀"]
+    alphabet += ["\u200b", "\u2028", "\ufeff"]
+    texts = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 60))) for _ in range(3000)]
+    for text in [*texts, article(1).upper(), "3,50 € 1.000.000 x2y 4th"]:
+        assert dedup.normalise(text) == reference(text), repr(text)
+
+
+def test_permutation_is_the_modulo_even_where_the_shortcut_reaches_the_prime() -> None:
+    a, b = dedup._permutations()
+    prime = int(dedup.MERSENNE_PRIME)
+    rng = np.random.default_rng(3)
+    block = rng.integers(0, 2**64, size=(300, 1), dtype=np.uint64)
+    out, low = (np.empty((300, dedup.NUM_HASHES), dtype=np.uint64) for _ in range(2))
+    assert (dedup._permute(block, a, b, out, low) == (block * a + b) % dedup.MERSENNE_PRIME).all()
+    # values whose high and low parts add up to the prime or just above: the division path
+    edge = [2**61 + prime - 1, 2**62 + prime - 3, 7 * 2**61 + prime - 1, prime, 2**64 - 1, 0]
+    x = np.array(edge, dtype=np.uint64).reshape(-1, 1)
+    ones, zeros = np.ones((1, 1), dtype=np.uint64), np.zeros((1, 1), dtype=np.uint64)
+    got = dedup._permute(x, ones, zeros, np.empty_like(x), np.empty_like(x)).ravel().tolist()
+    assert got == [value % prime for value in edge]
+
+
+def test_word_hashes_are_remembered_up_to_a_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(dedup, "_WORD_HASHES", {})
+    monkeypatch.setattr(dedup, "_WORD_HASHES_MAX", 5)
+    words = ["the", "cat", "saw", "the", "other", "cat"]
+    expected = [dedup._hash64(w.encode()) for w in words]
+    assert dedup._word_hashes(words).tolist() == expected
+    assert set(dedup._WORD_HASHES) == set(words)
+    more = ["a", "b", "c", "d"]  # would pass the limit: the remembered hashes are dropped first
+    assert dedup._word_hashes(more).tolist() == [dedup._hash64(w.encode()) for w in more]
+    assert set(dedup._WORD_HASHES) == set(more)

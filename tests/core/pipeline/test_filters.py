@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections import Counter
 from collections.abc import Callable
 
@@ -317,3 +318,39 @@ def test_a_real_article_passes_every_filter() -> None:
         assert check(text).keep, check(text)
     # C4 keeps every line; blank lines (fewer than 3 words) go
     assert filters.c4_lines(text).text == text.replace("\n\n", "\n")
+
+
+# --- word splitting --------------------------------------------------------------------------
+
+
+def _tricky_texts(count: int) -> list[str]:
+    """Random texts made of the pieces the word pattern treats specially."""
+    rng = random.Random(1)
+    pieces = [*"abcwXYZ019_ .,:;-–'’!?…/\\\"()[]{}#@\n\t", "\n\n", "\u2028", "\x0b", "\xa0"]
+    pieces += ["www.", "http://x.org", "e.g.", "U.S.", "n't", "'s", "é", "中", "A. ", "A.\n", "A."]
+    pieces += ["3,5", "10:30", "COVID-19", "。", "Dr. G. Allen", "end.Next", "[1]", "word, "]
+    return [article(seed) for seed in range(3)] + [
+        "".join(rng.choice(pieces) for _ in range(rng.randint(0, 80))) for _ in range(count)
+    ]
+
+
+def test_split_words_is_exactly_the_word_pattern() -> None:
+    """Splitting chunk by chunk (and line by line) finds what the regular expression finds."""
+    for text in _tricky_texts(3000):
+        expected = tuple(filters._WORD.findall(text))
+        assert filters.split_words(text) == expected, text
+        assert tuple(w for line in filters.line_words(text) for w in line) == expected, text
+        lines = text.split("\n")
+        assert len(filters.line_words(text)) == len(lines)
+
+
+def test_c4_counts_the_sentences_of_its_kept_lines() -> None:
+    """C4 counts sentences on the words of its cleaned text: the same as line by line."""
+    checked = 0
+    for text in _tricky_texts(3000):
+        verdict = filters.c4_lines(text)
+        if verdict.keep:
+            lines = verdict.text.split("\n")
+            assert verdict.scores["sentences"] == sum(map(filters.count_sentences, lines))
+            checked += 1
+    assert checked > 50

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -64,18 +65,54 @@ def test_known_codes_are_the_models_labels() -> None:
     assert set(model.labels) == langid.LANGUAGES
 
 
-def test_vectorised_walk_gives_py3langids_exact_results() -> None:
-    from py3langid.langid import MODEL_FILE, LanguageIdentifier
-
-    reference = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
+def _texts() -> list[str]:
     rng = random.Random(0)
     alphabet = [chr(c) for c in [*range(32, 127), *range(0x400, 0x450), *range(0x4E00, 0x4E40)]]
     texts = ["", " ", "a", "Hello", "Привет мир", article(3), article(4).upper()]
     texts += ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 2000))) for _ in range(40)]
     for doc, _offset in iter_documents(WARC_DIR / "resiliparse_cc_warcfile.warc.gz"):
         texts.append(doc["html"][:20000])
-    for text in texts:
-        assert langid.identify(text) == reference.classify(text.replace("\n", " "))
+    return texts
+
+
+def test_vectorised_walk_finds_py3langids_exact_feature_counts() -> None:
+    from py3langid.langid import MODEL_FILE, LanguageIdentifier, visit_counts
+
+    reference = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
+    model = langid._identifier()
+    for text in _texts():
+        encoded = reference._encode(text.replace("\n", " "))
+        expected = visit_counts(
+            reference.tk_nextmove, reference._rowbase, reference.tk_output, encoded
+        )
+        features = model.features(encoded)
+        if not expected:
+            assert not len(features)
+            continue
+        ids, counts = langid._first_seen_counts(features)
+        # the same features, counts and first-seen order as py3langid's Counter
+        assert list(zip(ids.tolist(), counts.tolist(), strict=True)) == list(expected.items())
+
+
+def test_scores_are_py3langids_summed_in_double_precision() -> None:
+    """Same language as py3langid; the probability differs only by py3langid's float32
+    rounding, and the raw scores are within a hundredth of the exact sums."""
+    from py3langid.langid import MODEL_FILE, LanguageIdentifier
+
+    reference = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
+    model = langid._identifier()
+    table = reference.nb_ptc.astype(np.float64)
+    for text in _texts():
+        language, score = langid.identify(text)
+        expected_language, expected_score = reference.classify(text.replace("\n", " "))
+        assert language == expected_language
+        assert score == pytest.approx(expected_score, abs=1e-4)
+        encoded = reference._encode(text.replace("\n", " "))
+        features = model.features(encoded)
+        if len(features):
+            ids, counts = langid._first_seen_counts(features)
+            exact = np.log1p(counts.astype(np.float64)) @ table[ids] + reference.nb_pc
+            assert np.abs(model._raw_score(encoded) - exact).max() < 0.01
 
 
 def test_automaton_depth_is_six() -> None:
@@ -94,3 +131,39 @@ def test_automaton_depth_is_six() -> None:
         frontier = reached
     assert (depth >= 0).all()
     assert depth.max() == langid.AUTOMATON_DEPTH
+
+
+def test_the_unpacked_model_is_cached_and_loads_the_same(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv(langid.CACHE_ENV, str(tmp_path / "cache"))
+    unpacked = langid._identifier.__wrapped__()  # a miss: unpacks py3langid's file, caches it
+    (folder,) = (tmp_path / "cache").iterdir()
+    assert folder.name.startswith("py3langid-")
+    cached = langid._identifier.__wrapped__()  # a hit: memory-mapped from the folder
+    assert isinstance(cached.nb_ptc.base, np.memmap)
+    for name, array in unpacked.arrays().items():
+        assert np.array_equal(cached.arrays()[name], array), name
+    assert cached.nb_classes == unpacked.nb_classes
+    for text in (article(5), "Привет мир, как дела?", "这是一个测试句子。"):
+        assert cached.classify(text) == unpacked.classify(text)
+
+
+def test_a_broken_or_unwritable_cache_only_costs_time(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv(langid.CACHE_ENV, str(blocker))  # nothing can be written under a file
+    assert langid._identifier.__wrapped__().classify(article(6))[0] == "en"
+    assert blocker.read_text() == "not a folder"
+
+    monkeypatch.setenv(langid.CACHE_ENV, str(tmp_path / "cache"))
+    langid._identifier.__wrapped__()
+    (folder,) = (tmp_path / "cache").iterdir()
+    (folder / "ptc.npy").write_bytes(b"truncated")
+    assert langid._identifier.__wrapped__().classify(article(6))[0] == "en"
+    assert isinstance(langid._identifier.__wrapped__().nb_ptc.base, np.memmap)  # repaired
+
+    monkeypatch.setenv(langid.CACHE_ENV, "")
+    assert langid.cache_root() is None

@@ -17,6 +17,9 @@ Two measurements, in one process run:
    (datatrove's bundled 4.5M-domain list would otherwise be loaded on its side only).
    Differences that remain: datatrove uses trafilatura 1.11 (it pins < 1.12) and spaCy word
    splitting; Orchard uses trafilatura 2.3 and keeps raw HTML and exact dedup (its defaults).
+   Orchard's workers memory-map py3langid's model from Orchard's cache of unpacked models (the
+   first run on a machine fills it; ``ORCHARD_CACHE_DIR=`` switches it off, and the report's
+   ``input.langid_cache`` says which), where datatrove's unpack the xz file in each process.
 2. Extraction quality on the 181 pages of the article-extraction benchmark
    (``shared/data/web/html_extraction_benchmark``): 4-gram shingles over ``\\w+`` tokens, per
    page true/false positives and negatives normalised to sum 1, precision and recall averaged
@@ -415,8 +418,16 @@ def _report(
     throughput: dict[str, dict[str, Any]],
     extraction: dict[str, dict[str, Any]],
 ) -> dict[str, Any]:
+    from training.core.pipeline.langid import cache_root
+
+    cache = cache_root()
     report: dict[str, Any] = {
-        "input": {"warc_files": files // repeats, "repeats": repeats, "workers": args.workers},
+        "input": {
+            "warc_files": files // repeats,
+            "repeats": repeats,
+            "workers": args.workers,
+            "langid_cache": str(cache) if cache else "off",
+        },
         "throughput": throughput,
         "extraction": extraction,
         "reference_f1": reference_f1(),

@@ -39,28 +39,49 @@ NUM_HASHES = BANDS * ROWS
 SEED = 1
 MERSENNE_PRIME = np.uint64((1 << 61) - 1)
 KEY_COLUMNS = 1 + BANDS  # exact hash, then one hash per band
-_SHINGLE_BLOCK = 2048  # shingles permuted per numpy step: bounds memory on very long documents
+_SHINGLE_BLOCK = 256  # shingles per numpy step: 256 x 112 x 8 bytes (229 KB) stay in L2 cache
 _SHINGLE_MULTIPLIER = np.uint64(0x100000001B3)  # the 64-bit FNV prime: odd, well spread bits
 
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)?")
 
 
 @cache
-def _replace_category(prefixes: tuple[str, ...], by: str | None) -> dict[int, str | None]:
-    """A ``str.translate`` table replacing every Basic Multilingual Plane character whose Unicode
-    category starts with one of ``prefixes`` (built once per process; the planes above hold
-    almost no such characters)."""
-    return {c: by for c in range(0x10000) if unicodedata.category(chr(c)).startswith(prefixes)}
+def _category_class(prefixes: tuple[str, ...]) -> str:
+    """A regular-expression character class of every Basic Multilingual Plane character whose
+    Unicode category starts with one of ``prefixes``, written as ranges (built once per process;
+    the planes above hold almost no such characters)."""
+    codes = [c for c in range(0x10000) if unicodedata.category(chr(c)).startswith(prefixes)]
+    ranges: list[str] = []  # each run of consecutive code points as one range
+    start = codes[0]
+    for code, following in zip(codes, [*codes[1:], None], strict=True):
+        if following != code + 1:
+            ranges.append(f"\\u{start:04x}-\\u{code:04x}")
+            start = following
+    return "[" + "".join(ranges) + "]"
+
+
+@cache
+def _marks() -> re.Pattern[str]:
+    """Non-spacing marks (category Mn): the diacritics NFD splits off letters."""
+    return re.compile(_category_class(("Mn",)))
+
+
+@cache
+def _separators() -> re.Pattern[str]:
+    """Runs of punctuation, symbols and control characters (categories P, S, C)."""
+    return re.compile(_category_class(("P", "S", "C")) + "+")
 
 
 def normalise(text: str) -> str:
     text = text.lower()
     if not text.isascii():  # only non-ASCII text can carry diacritics
-        text = unicodedata.normalize("NFD", text).translate(_replace_category(("Mn",), None))
+        text = _marks().sub("", unicodedata.normalize("NFD", text))
     text = _NUMBER.sub("0", text)
     # punctuation, symbols and control characters become spaces; letters and the spacing vowel
-    # signs of Indic scripts (which \W would count as separators) stay
-    text = text.translate(_replace_category(("P", "S", "C"), " "))
+    # signs of Indic scripts (which \W would count as separators) stay. A whole run becomes one
+    # space, which the whitespace collapsing below would make of it anyway; a regular expression
+    # scans a character class much faster than str.translate looks each character up in a dict.
+    text = _separators().sub(" ", text)
     return " ".join(text.split())
 
 
@@ -85,8 +106,7 @@ def shingle_hashes(normalised: str) -> np.ndarray:
     shingle). Any well-mixed 64-bit shingle hash serves MinHash equally.
     """
     words = normalised.split()
-    vocabulary = {word: _hash64(word.encode()) for word in set(words)}
-    values = np.array([vocabulary[w] for w in words], dtype=np.uint64)
+    values = _word_hashes(words)
     n = min(NGRAM, len(values))
     if n == 0:
         return np.zeros(1, dtype=np.uint64)  # an empty text is one (empty) shingle
@@ -96,16 +116,57 @@ def shingle_hashes(normalised: str) -> np.ndarray:
     return np.unique(grams)
 
 
+_WORD_HASHES: dict[str, int] = {}
+_WORD_HASHES_MAX = 1 << 20  # about 100 MB of cache at most; emptied when full
+
+
+def _word_hashes(words: list[str]) -> np.ndarray:
+    """``_hash64`` of each word. Word frequencies are skewed, so most words of a document were
+    seen in earlier ones: their hashes are remembered (per process; the values never change)."""
+    known = _WORD_HASHES
+    new = set(words).difference(known)
+    if len(known) + len(new) > _WORD_HASHES_MAX:
+        known.clear()
+        new = set(words)
+    for word in new:
+        known[word] = _hash64(word.encode())
+    return np.fromiter(map(known.__getitem__, words), dtype=np.uint64, count=len(words))
+
+
 def signature(normalised: str) -> np.ndarray:
     """The 112 MinHash values of a normalised text."""
     hashes = shingle_hashes(normalised)
     a, b = _permutations()
     result = np.full(NUM_HASHES, np.iinfo(np.uint64).max, dtype=np.uint64)
+    rows = min(len(hashes), _SHINGLE_BLOCK)
+    values = np.empty((rows, NUM_HASHES), dtype=np.uint64)  # reused by every block
+    low = np.empty_like(values)
     for start in range(0, len(hashes), _SHINGLE_BLOCK):
         block = hashes[start : start + _SHINGLE_BLOCK].reshape(-1, 1)
-        values = (block * a + b) % MERSENNE_PRIME  # uint64 multiply wraps, as in datatrove
-        np.minimum(result, values.min(axis=0), out=result)
+        permuted = _permute(block, a, b, values[: len(block)], low[: len(block)])
+        np.minimum(result, permuted.min(axis=0), out=result)
     return result
+
+
+def _permute(
+    block: np.ndarray, a: np.ndarray, b: np.ndarray, out: np.ndarray, low: np.ndarray
+) -> np.ndarray:
+    """``(block * a + b) mod (2**61 - 1)`` into ``out`` (``low`` is scratch space).
+
+    The multiply and add wrap at 64 bits, as in datatrove. The modulo is done without a
+    division, which costs more than all the other steps together: writing x = hi * 2**61 + lo,
+    x = hi + lo modulo 2**61 - 1, and hi + lo < 2 * (2**61 - 1), so it is the residue unless it
+    reaches the prime; in that rare case (about one value in 2**58) the block is reduced by
+    division, giving the same numbers either way.
+    """
+    np.multiply(block, a, out=out)
+    np.add(out, b, out=out)
+    np.bitwise_and(out, MERSENNE_PRIME, out=low)
+    np.right_shift(out, np.uint64(61), out=out)
+    np.add(out, low, out=out)
+    if out.max() >= MERSENNE_PRIME:
+        np.remainder(out, MERSENNE_PRIME, out=out)
+    return out
 
 
 def keys(text: str) -> np.ndarray:

@@ -73,9 +73,44 @@ class Verdict:
 
 @lru_cache(maxsize=8)
 def split_words(text: str) -> tuple[str, ...]:
-    """Words and punctuation marks, in order (stands in for spaCy's tokenizer). Cached: the
-    Gopher filters split the same text one after the other."""
-    return tuple(_WORD.findall(text))
+    """Words and punctuation marks, in order (stands in for spaCy's tokenizer): exactly
+    ``_WORD.findall(text)``. Cached: the Gopher filters split the same text one after the
+    other."""
+    return tuple(_words_of(text, ends_text=True))
+
+
+@lru_cache(maxsize=8)
+def line_words(text: str) -> tuple[tuple[str, ...], ...]:
+    """The words of each line of ``text`` (lines end at line feeds) as :func:`split_words` cuts
+    the whole text, so together they are ``split_words(text)``. Cached: C4 counts sentences per
+    line of the text it keeps and FineWeb counts the words of that same text."""
+    lines = text.split("\n")
+    inner = (tuple(_words_of(line, ends_text=False)) for line in lines[:-1])
+    return (*inner, tuple(_words_of(lines[-1], ends_text=True)))
+
+
+def _words_of(piece: str, *, ends_text: bool) -> list[str]:
+    r"""``_WORD`` matches in ``piece``, a stretch of a text that whitespace follows, or that ends
+    the text (``ends_text``).
+
+    No ``_WORD`` match holds whitespace, every other character starts one and no lookbehind
+    reaches back before a match, so the words are those of each whitespace-separated chunk,
+    each chunk split on its own with a space after it (whitespace is all the lookaheads can see
+    there). A chunk of letters and digits only (most of them) is one word: only the rest needs
+    the slow regex. The last chunk of the text is split without the space: ``[A-Z]\.(?=\s)``
+    tells the two apart.
+    """
+    chunks = piece.split()
+    last = chunks.pop() if ends_text and chunks and not piece[-1].isspace() else None
+    words: list[str] = []
+    for chunk in chunks:
+        if chunk.isalnum():
+            words.append(chunk)
+        else:
+            words += _WORD.findall(chunk + " ")
+    if last is not None:
+        words += [last] if last.isalnum() else _WORD.findall(last)
+    return words
 
 
 def _is_symbol(word: str) -> bool:
@@ -117,6 +152,35 @@ def _duplicates(items: list[str]) -> tuple[int, int]:
     return count, chars
 
 
+@dataclass(frozen=True)
+class _Repeats:
+    """The n-grams of one length n that occur more than once in a text."""
+
+    positions: np.ndarray  # where each occurrence starts, ascending
+    hashes: np.ndarray  # the n-gram hash at each of those positions
+    top_count: int  # occurrences of the most frequent n-gram (1 when none repeats)
+    top_start: int  # where the most frequent n-gram (the first seen among equals) first starts
+
+
+def _find_repeats(positions: np.ndarray, hashes: np.ndarray) -> _Repeats:
+    """Which of the n-grams at ``positions`` (ascending) with these ``hashes`` occur more than
+    once among them, found by sorting the hashes."""
+    nothing = _Repeats(positions[:0], hashes[:0], 1, 0)
+    if not len(hashes):
+        return nothing
+    order = np.argsort(hashes, kind="stable")
+    ordered = hashes[order]
+    starts = np.flatnonzero(np.concatenate(([True], ordered[1:] != ordered[:-1])))
+    counts = np.diff(starts, append=len(ordered))
+    most = int(counts.max())
+    if most == 1:
+        return nothing
+    # a stable sort of ascending positions: each group's first entry is its first occurrence
+    top_start = int(positions[order[starts[counts == most]]].min())
+    repeated = np.sort(order[np.repeat(counts > 1, counts)])
+    return _Repeats(positions[repeated], hashes[repeated], most, top_start)
+
+
 class _NGrams:
     """The n-grams of a word sequence as 64-bit hashes (rolling: ``h_n = h_(n-1) * M + word``),
     so repeats are counted without building the n-gram strings. Word values come from Python's
@@ -126,16 +190,26 @@ class _NGrams:
     MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)
 
     def __init__(self, words: tuple[str, ...]) -> None:
-        self.words = np.array([hash(w) for w in words], dtype=np.int64).view(np.uint64)
-        self.offsets = np.concatenate(([0], np.cumsum([len(w) for w in words], dtype=np.int64)))
-        self._hashes = {1: self.words}
-        self._unrepeated: int | None = None  # smallest n known to have no repeated n-gram
+        count = len(words)
+        self.words = np.fromiter(map(hash, words), dtype=np.int64, count=count).view(np.uint64)
+        lengths = np.fromiter(map(len, words), dtype=np.int64, count=count)
+        self.offsets = np.concatenate(([0], np.cumsum(lengths)))
+        self._repeats: dict[int, _Repeats] = {}
 
-    def hashes(self, n: int) -> np.ndarray:
-        if n not in self._hashes:
-            shorter = self.hashes(n - 1)
-            self._hashes[n] = shorter[:-1] * self.MULTIPLIER + self.words[n - 1 :]
-        return self._hashes[n]
+    def repeats(self, n: int) -> _Repeats:
+        """The n-grams occurring more than once. The (n-1)-word prefix of such an n-gram occurs
+        more than once too, at the same positions, so only the positions of repeated
+        (n-1)-grams are looked at: most of the text for n = 2, a few percent from n = 4 on."""
+        if n not in self._repeats:
+            if n == 1:
+                positions, hashes = np.arange(len(self.words)), self.words
+            else:
+                shorter = self.repeats(n - 1)
+                positions = shorter.positions[shorter.positions <= len(self.words) - n]
+                prefixes = shorter.hashes[: len(positions)]  # positions are ascending
+                hashes = prefixes * self.MULTIPLIER + self.words[positions + n - 1]
+            self._repeats[n] = _find_repeats(positions, hashes)
+        return self._repeats[n]
 
     def letters(self, n: int) -> np.ndarray:
         """Characters of each n-gram's words, separators not counted."""
@@ -144,13 +218,10 @@ class _NGrams:
     def top_chars(self, n: int) -> int:
         """Characters of the most frequent n-gram joined with spaces, times its count; ties go to
         the n-gram seen first (as ``Counter.most_common`` picks)."""
-        grams = self.hashes(n)
-        if not len(grams):
+        if len(self.words) < n:
             return 0
-        _values, first, counts = np.unique(grams, return_index=True, return_counts=True)
-        most = counts.max()
-        start = int(first[counts == most].min())
-        return int(self.letters(n)[start] + n - 1) * int(most)
+        repeats = self.repeats(n)  # when nothing repeats, every n-gram ties: the first one wins
+        return int(self.letters(n)[repeats.top_start] + n - 1) * repeats.top_count
 
     def duplicated_chars(self, n: int) -> int:
         """Characters (separators not counted) in n-grams that repeat an earlier one; a repeat
@@ -160,18 +231,13 @@ class _NGrams:
         Only n-grams occurring more than once can ever repeat, so only their positions are
         walked; ``follow`` is the next position the word-by-word walk would look at.
         """
-        if self._unrepeated is not None and n >= self._unrepeated:
-            return 0  # a repeated n-gram would contain a repeated shorter one
-        grams = self.hashes(n)
-        _values, inverse, counts = np.unique(grams, return_inverse=True, return_counts=True)
-        candidates = np.flatnonzero(counts[inverse] > 1)
-        if not len(candidates):  # the common case: nothing repeats
-            self._unrepeated = n
+        repeats = self.repeats(n)
+        if not len(repeats.positions):  # the common case for n >= 5: nothing repeats
             return 0
         letters = self.letters(n)
         seen: set[int] = set()
         chars = follow = 0
-        for position, gram in zip(candidates.tolist(), grams[candidates].tolist(), strict=True):
+        for position, gram in zip(repeats.positions.tolist(), repeats.hashes.tolist(), strict=True):
             if position < follow:  # skipped over by an earlier repeat
                 continue
             if gram in seen:
@@ -232,8 +298,10 @@ STOP_WORDS = frozenset({"the", "be", "to", "of", "and", "that", "have", "with"})
 
 def gopher_quality(text: str) -> Verdict:
     words = split_words(text)
-    real_words = [w for w in words if not _is_symbol(w)]
-    n_real = len(real_words)
+    # Each distinct word is classified once: a text repeats most of its words.
+    counts = Counter(words)
+    real = {word: count for word, count in counts.items() if not _is_symbol(word)}
+    n_real = sum(real.values())
     scores: dict[str, Any] = {"words": n_real}
     if n_real < MIN_WORDS:
         return Verdict(False, "short_doc", scores)
@@ -244,14 +312,14 @@ def gopher_quality(text: str) -> Verdict:
     bullets = sum(line.lstrip().startswith(("•", "-")) for line in lines)
     ellipsis_lines = sum(line.rstrip().endswith(("...", "…")) for line in lines)
     scores |= {
-        "mean_word_length": sum(map(len, real_words)) / n_real,
+        "mean_word_length": sum(len(word) * count for word, count in real.items()) / n_real,
         "hash_ratio": text.count("#") / n_words,
         "ellipsis_ratio": (text.count("...") + text.count("…")) / n_words,
         "bullet_lines_ratio": bullets / len(lines),
         "ellipsis_lines_ratio": ellipsis_lines / len(lines),
-        "alpha_words_ratio": sum(map(_has_letter, words)) / n_words,
+        "alpha_words_ratio": sum(c for word, c in counts.items() if _has_letter(word)) / n_words,
         # distinct stop words, matched case-sensitively like datatrove
-        "stop_words": len(STOP_WORDS.intersection(words)),
+        "stop_words": len(STOP_WORDS.intersection(counts)),
     }
     return _first_failure(
         scores,
@@ -288,7 +356,11 @@ TERMINAL_LINE_ENDINGS = (".", "?", "!", '"', "'")
 def count_sentences(line: str) -> int:
     """Sentences as spaCy's sentencizer counts them: a new one starts at the first word after a
     lone sentence mark (so "Dr. G. Allen" and "wait..." do not end a sentence)."""
-    words = split_words(line)
+    return _sentences(split_words(line))
+
+
+def _sentences(words: tuple[str, ...]) -> int:
+    """:func:`count_sentences` of the line with these words."""
     sentences = 1 if words else 0
     after_mark = False
     for word in words:
@@ -308,12 +380,11 @@ def c4_lines(text: str, require_terminal_punctuation: bool = False) -> Verdict:
     """
     dropped = Counter[str]()
     kept: list[str] = []
-    sentences = 0
     lines = text.splitlines()
     for raw_line in lines:
         line = raw_line.strip()
         words = line.split()
-        if any(len(word) > MAX_WORD_LENGTH for word in words):
+        if len(line) > MAX_WORD_LENGTH and any(len(word) > MAX_WORD_LENGTH for word in words):
             dropped["long_word"] += 1
             continue
         line = CITATION.sub("", line)
@@ -336,8 +407,13 @@ def c4_lines(text: str, require_terminal_punctuation: bool = False) -> Verdict:
         if any(phrase in lowered for phrase in POLICY_PHRASES):
             dropped["policy"] += 1
             continue
-        sentences += count_sentences(line)
         kept.append(line)
+    cleaned = "\n".join(kept).strip()
+    # Sentences of each kept line, from the words of the cleaned text (FineWeb's filter reuses
+    # them): a line's words there differ from the line's own only where it ends in a capital
+    # and a full stop ("A." is one word before whitespace, "A" and "." end a string), and both
+    # count the same sentences.
+    sentences = sum(map(_sentences, line_words(cleaned)))
     scores = {
         "lines": len(lines),
         "lines_kept": len(kept),
@@ -346,7 +422,7 @@ def c4_lines(text: str, require_terminal_punctuation: bool = False) -> Verdict:
     }
     if sentences < MIN_SENTENCES:
         return Verdict(False, "too_few_sentences", scores)
-    return Verdict(True, "", scores, text="\n".join(kept).strip())
+    return Verdict(True, "", scores, text=cleaned)
 
 
 # --- FineWeb quality (PIPELINE.md section 9) ---------------------------------------------------
@@ -362,14 +438,14 @@ def fineweb_quality(text: str) -> Verdict:
     lines = [line for line in text.split("\n") if line.strip()]
     if not lines:
         return Verdict(False, "empty")
-    words = split_words(text)
+    words = sum(map(len, line_words(text)))  # as len(split_words(text)), shared with C4
     chars = len(text.replace("\n", ""))
     scores: dict[str, Any] = {
         "line_punct_ratio": sum(line.endswith(TERMINAL_PUNCTUATION) for line in lines) / len(lines),
         "short_line_ratio": sum(len(line) <= SHORT_LINE_LENGTH for line in lines) / len(lines),
         "char_dup_ratio": _duplicates(lines)[1] / chars,
-        # a non-blank line holds at least one token, so words is not empty here
-        "list_ratio": text.count("\n") / len(words),
+        # a non-blank line holds at least one token, so words is not 0 here
+        "list_ratio": text.count("\n") / words,
     }
     return _first_failure(
         scores,

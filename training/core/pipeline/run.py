@@ -523,11 +523,15 @@ class _WorkerProcess:
         self.index = chunk.index
         self._send(encode_chunk(chunk.index, chunk.docs))
 
-    def stop(self, kill: bool) -> None:
+    def end(self, kill: bool) -> None:
+        """Tell the worker to exit (end of input), or kill it; :meth:`stop` waits for the exit."""
         if kill:
             self.proc.kill()
-        elif self.proc.stdin is not None:
+        elif self.proc.stdin is not None and not self.proc.stdin.closed:
             self.proc.stdin.close()  # end of input: the worker exits
+
+    def stop(self, kill: bool) -> None:
+        self.end(kill)
         try:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
@@ -561,8 +565,11 @@ class _ProcessPool:
     def _stop(self, failed: bool) -> None:
         # On an error or a stop, chunks in flight are abandoned: their workers are killed and
         # a resumed run does them again.
-        for worker in self.workers:
-            worker.stop(kill=failed or worker.index is not None)
+        plan = [(worker, failed or worker.index is not None) for worker in self.workers]
+        for worker, kill in plan:  # all first, so that they wind down in parallel
+            worker.end(kill)
+        for worker, kill in plan:
+            worker.stop(kill)
         self.selector.close()
 
     def has_room(self) -> bool:

@@ -329,6 +329,11 @@ def main() -> None:
         replies.flush()
         if "error" in reply:
             return
+    # Input ended: every chunk is saved and answered. Exit now rather than have the interpreter
+    # tear down the loaded models and libraries, which the run would wait for.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
