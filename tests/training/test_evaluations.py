@@ -38,17 +38,18 @@ def reward_model(tmp_path: Path, tiny_model_dir: Path, people: dict) -> Artifact
 
 
 def test_an_sft_run_is_followed_by_its_evaluation(
-    auto_evaluate, client_for, people, tiny_checkpoint, snapshot, tmp_path, tiny_model_dir
+    auto_evaluate, client_for, people, tiny_checkpoint, request, tmp_path, tiny_model_dir
 ) -> None:
+    dataset = request.getfixturevalue("snapshot")  # test_sft_kind's labeled conversations
     judge = reward_model(tmp_path, tiny_model_dir, people)
-    run = launch(people, tiny_checkpoint, snapshot, method="full")
+    run = launch(people, tiny_checkpoint, dataset, method="full")
     tuned = Artifact.objects.get(run=run)
     evaluation = Run.objects.get(kind="evaluate")
     assert evaluation.status == RunStatus.QUEUED and evaluation.created_by == people["tom"]
     given = {name: ids for name, ids in evaluation.inputs.items() if ids}
     assert given == {
         "checkpoints": [tuned.pk],
-        "conversations": [snapshot.artifact.pk],
+        "conversations": [dataset.artifact.pk],
         "judge": [judge.pk],
         "baseline": [tiny_checkpoint.pk],
     }
