@@ -239,10 +239,15 @@ def broker_for_this_process(url: str) -> Iterator[None]:
     from webapp.celery import app
 
     def drop_pools() -> None:
+        from kombu import pools
+
         if app._pool is not None:
             app._pool.force_close_all()
         app._pool = None
         app.amqp._producer_pool = None
+        # kombu's global producer pools may still hold the closed connection pool: forget them,
+        # so later publishing builds fresh ones instead of failing with "closed pool".
+        pools.reset()
 
     # The write and read URLs, since CELERY_BROKER_URL in the environment (the PostgreSQL +
     # Redis pass) overrides broker_url itself.
