@@ -26,6 +26,7 @@ from django.utils import timezone
 
 from training.core.checkpoints import hash_tree, tree_digest
 from training.core.reporting import Cancelled
+from training.evaluations import launch_follow_up
 from training.kinds import ConfigInvalid, RunKind, get_kind
 from training.models import Artifact, Run, RunStatus
 from training.reporting import DbReporter, LeaseKeeper, lease_seconds, without_nul
@@ -251,8 +252,6 @@ def _execute_claimed(run: Run, directory: Path, reporter: DbReporter) -> str:
                 meta={"stage": kind.name, "config": run.config, **_scalars(result or {})},
             )
         _finish(run, reporter, RunStatus.SUCCEEDED, result=result or {})
-    from training.evaluations import launch_follow_up
-
     launch_follow_up(run)
     return "succeeded"
 

@@ -55,6 +55,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from training.core.__main__ import parse_inputs
 from training.core.reporting import Cancelled, ConsoleReporter, Reporter
 
 if TYPE_CHECKING:  # torch loads only where a collective runs, never for the launcher's imports
@@ -610,16 +611,6 @@ def load_entry(name: str) -> Callable[..., dict[str, Any]]:
     return getattr(importlib.import_module(module), function)
 
 
-def parse_inputs(pairs: Sequence[str]) -> dict[str, list[Path]]:
-    inputs: dict[str, list[Path]] = {}
-    for pair in pairs:
-        name, sep, path = pair.partition("=")
-        if not sep or not name or not path:
-            raise ValueError(f"--input expects name=path, got {pair!r}")
-        inputs.setdefault(name, []).append(Path(path))
-    return inputs
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     rank, _world_size, local_rank = rank_environment()
@@ -636,7 +627,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         entry = load_entry(args.entry)
         config = json.loads(args.config.read_text()) if args.config else {}
-        inputs = parse_inputs(args.input)
+        inputs = parse_inputs(args.input)  # the same name=path pairs as python -m training.core
         result = entry(config, inputs, args.out, reporter, work_dir=args.work_dir)
     except Exception as exc:
         if writer is not None:  # the launcher names this error instead of torchrun's summary

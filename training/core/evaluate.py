@@ -13,9 +13,9 @@ Inputs (only ``checkpoints`` is required; at least one other must give something
   of replies that end their turn (their ``validation.jsonl``);
 - ``preferences``: preference snapshots: held-out pairwise accuracy of each reward model;
 - ``judge`` and ``baseline``: a reward model and a checkpoint (typically the parent): each
-  checkpoint's win rate against the baseline's replies to the same held-out prompts: those of
-  ``prompts`` (prompt snapshots as PPO reads them: ``validation.jsonl``, else ``train.jsonl``),
-  else the held-out conversations cut before their last reply, else the problems.
+  checkpoint's win rate against the baseline's replies to the same held-out prompts: those PPO's
+  monitor answers from ``prompts`` (:func:`training.core.ppo.load_prompts`), else the held-out
+  conversations cut before their last reply, else the problems.
 
 Output: ``evaluation.json`` with every figure and each problem's greedy answer, and
 ``orchard.json``. The result lists one row per checkpoint with the figures that apply to it.
@@ -24,12 +24,14 @@ Output: ``evaluation.json`` with every figure and each problem's greedy answer, 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from training.core import evalsuite
 from training.core.reporting import Cancelled, Reporter
 
 SUMMARY_KEYS = (
@@ -106,6 +108,7 @@ class Plan:
 
 def plan(cfg: EvaluateConfig, inputs: dict[str, list[Path]]) -> Plan:
     """Read the inputs; ValueError when nothing can be measured or an input is unusable."""
+    from training.core.ppo import load_prompts
     from training.core.problems import read_problems
     from training.core.sft import Conversation, held_out_prompts, read_conversations
 
@@ -123,7 +126,8 @@ def plan(cfg: EvaluateConfig, inputs: dict[str, list[Path]]) -> Plan:
     ][: cfg.max_conversations]
     judge = _single(inputs, "judge")
     baseline = _single(inputs, "baseline")
-    prompts = _snapshot_prompts(inputs.get("prompts") or [], cfg.max_prompts)
+    prompt_paths = [Path(p) for p in inputs.get("prompts") or []]
+    prompts = load_prompts(prompt_paths, cfg.max_prompts).monitor if prompt_paths else []
     if not prompts:
         prompts = held_out_prompts(
             [Conversation(messages=m, where="") for m in conversations], cfg.max_prompts
@@ -143,29 +147,11 @@ def plan(cfg: EvaluateConfig, inputs: dict[str, list[Path]]) -> Plan:
     )
     if (judge is None) != (baseline is None):
         raise ValueError("a win rate needs both a judge (a reward model) and a baseline checkpoint")
-    if judge is not None:
-        from training.core.evalsuite import model_role
-
-        if model_role(judge) != "reward":
-            raise ValueError(f"the judge {judge} is not a reward model")
+    if judge is not None and evalsuite.model_role(judge) != "reward":
+        raise ValueError(f"the judge {judge} is not a reward model")
     if not result.measures_something:
         raise ValueError(NOTHING_TO_MEASURE)
     return result
-
-
-def _snapshot_prompts(paths: list[Path], count: int) -> list[list[dict[str, Any]]]:
-    """Up to ``count`` prompts, evenly spread, from prompt snapshots' held-out part (or their
-    only part): files as given, folders by ``validation.jsonl`` else ``train.jsonl``."""
-    from training.core.ppo import read_prompts
-    from training.core.trl_common import spread
-
-    prompts = []
-    for path in map(Path, paths):
-        if path.is_dir():
-            held_out = path / "validation.jsonl"
-            path = held_out if held_out.is_file() else path / "train.jsonl"
-        prompts.extend(read_prompts(path))
-    return spread(prompts, count)
 
 
 def _single(inputs: dict[str, list[Path]], key: str) -> Path | None:
@@ -186,12 +172,13 @@ def run(
         raise ValueError("an evaluation needs at least one checkpoint")
     todo = plan(cfg, inputs)
     baseline_replies = _baseline_replies(cfg, todo)
+    judge = evalsuite.reward_judge(todo.judge) if todo.prompts and todo.judge else None
     results = []
     for index, folder in enumerate(checkpoints):
         if reporter.should_stop():
             raise Cancelled()
         reporter.progress(index, len(checkpoints), f"checkpoint {index + 1} of {len(checkpoints)}")
-        row = {"checkpoint": index, **measure(folder, cfg, todo, baseline_replies, reporter)}
+        row = {"checkpoint": index, **measure(folder, cfg, todo, baseline_replies, judge, reporter)}
         numbers = {f"checkpoint{index}/{k}": row[k] for k in SUMMARY_KEYS if _number(row.get(k))}
         if numbers:
             reporter.metrics(numbers, index)
@@ -244,11 +231,10 @@ def measure(
     cfg: EvaluateConfig,
     todo: Plan,
     baseline_replies: list[dict[str, Any] | None],
+    judge: Callable[[list[list[dict[str, Any]]]], list[float]] | None,
     reporter: Reporter,
 ) -> dict[str, Any]:
-    """Every figure that applies to one checkpoint."""
-    from training.core import evalsuite
-
+    """Every figure that applies to one checkpoint (``judge`` scores replies for the win rate)."""
     role = evalsuite.model_role(folder)
     row: dict[str, Any] = {"role": role}
     if role == "reward":
@@ -273,9 +259,8 @@ def measure(
                 stop_prompts=cfg.max_prompts,
             )
         )
-    if todo.prompts and todo.judge is not None:
+    if judge is not None:
         replies = generate_replies(model, tok, todo.prompts, cfg.max_new_tokens)
-        judge = evalsuite.reward_judge(todo.judge)
         row.update(evalsuite.win_rate(replies, baseline_replies, todo.prompts, judge))
         row["win_examples"] = _examples(todo.prompts, replies, baseline_replies)
     return row
@@ -284,7 +269,6 @@ def measure(
 def _problem_figures(
     model: Any, tok: Any, cfg: EvaluateConfig, problems: list[dict[str, Any]], reporter: Reporter
 ) -> dict[str, Any]:
-    from training.core import evalsuite
     from training.core.grpo import evaluate_problems
 
     figures = evaluate_problems(

@@ -61,32 +61,39 @@ def parse_gsm8k(lines: Iterable[str]) -> tuple[list[dict[str, Any]], list[dict[s
     "number", "source": "gsm8k", "line": N}``. Each error: ``{"line": N, "error": "..."}``.
     Blank lines are skipped.
     """
-    return _parse_lines(lines, _gsm8k_problem)
+    return _parse_lines(lines, _gsm8k_problem, "question and answer")
 
 
 def _parse_lines(
-    lines: Iterable[str], parse_one: Callable[[str, int], dict[str, Any]]
+    lines: Iterable[str],
+    parse_one: Callable[[dict[str, Any], int], dict[str, Any]],
+    expected: str,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Each non-blank line through ``parse_one``; a ValueError becomes that line's error."""
+    """Each non-blank line, a JSON object with ``expected``, through ``parse_one``; a
+    ValueError becomes that line's error."""
     problems: list[dict[str, Any]] = []
     errors: list[dict[str, Any]] = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
-            problems.append(parse_one(line, number))
+            problems.append(parse_one(_json_object(line, expected), number))
         except ValueError as exc:
             errors.append({"line": number, "error": str(exc)})
     return problems, errors
 
 
-def _gsm8k_problem(line: str, number: int) -> dict[str, Any]:
+def _json_object(line: str, expected: str) -> dict[str, Any]:
     try:
         record = json.loads(line)
     except ValueError as exc:
         raise ValueError(f"not valid JSON ({exc})") from None
     if not isinstance(record, dict):
-        raise ValueError("expected an object with question and answer")
+        raise ValueError(f"expected an object with {expected}")
+    return record
+
+
+def _gsm8k_problem(record: dict[str, Any], number: int) -> dict[str, Any]:
     question, answer = record.get("question"), record.get("answer")
     if not isinstance(question, str) or not question.strip():
         raise ValueError('"question" must be a non-empty string')
@@ -134,16 +141,10 @@ def parse_multiple_choice(
     Each problem's question shows the options as lettered lines, as the model reads it; the
     answer becomes the option's letter; ``"subject"``, when given, is kept as the source.
     """
-    return _parse_lines(lines, _choice_problem)
+    return _parse_lines(lines, _choice_problem, "a question, choices and an answer")
 
 
-def _choice_problem(line: str, number: int) -> dict[str, Any]:
-    try:
-        record = json.loads(line)
-    except ValueError as exc:
-        raise ValueError(f"not valid JSON ({exc})") from None
-    if not isinstance(record, dict):
-        raise ValueError("expected an object with a question, choices and an answer")
+def _choice_problem(record: dict[str, Any], number: int) -> dict[str, Any]:
     question = record.get("question")
     choices: Any = record.get("choices", record.get("options"))
     if isinstance(question, dict):  # ARC's original layout nests the choices in the question
