@@ -242,10 +242,121 @@ def test_sliding_window_model_matches_transformers(engine: Engine) -> None:
         eos_token_id=EOS,
     )
     mistral = Engine(MistralForCausalLM(config).eval(), engine.tokenizer)
+    assert mistral._llama is None  # the generic path: the model's own forward at every step
     completions = mistral.generate(PROMPTS, GREEDY)
     assert [c.token_ids for c in completions] == reference_greedy(mistral, PROMPTS, 24)
     with pytest.raises(ValueError, match="sliding-window"):
         Engine(mistral.model, engine.tokenizer, compile=True)
+
+
+# -- the Llama decoding path -----------------------------------------------------------------
+
+LLAMA_VARIANTS = ["gqa", "mha", "bias", "eager", "bf16", "llama3", "lora"]
+
+
+def llama_variant(engine: Engine, kind: str) -> Engine:
+    """An engine on the checkpoint's tokenizer whose tiny Llama takes another branch of the
+    Llama decoding path."""
+    import torch
+
+    vocab = len(engine.tokenizer)
+    if kind == "gqa":  # grouped heads, through transformers' sdpa
+        model = tiny_llama(vocab)
+    elif kind == "mha":  # no grouped heads: torch's sdpa is called directly
+        model = tiny_llama(vocab, num_key_value_heads=4)
+    elif kind == "bias":  # linear layers with biases
+        model = tiny_llama(vocab, num_key_value_heads=4, attention_bias=True, mlp_bias=True)
+    elif kind == "eager":  # transformers' eager attention, with an additive padding mask
+        model = tiny_llama(vocab)
+        model.set_attn_implementation("eager")
+    elif kind == "bf16":  # RMSNorm runs as the module: it rounds between its products
+        model = tiny_llama(vocab).to(torch.bfloat16)
+    elif kind == "llama3":  # a rope type other than the default one
+        rope = {
+            "rope_type": "llama3",
+            "rope_theta": 10000.0,
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 32,
+        }
+        model = tiny_llama(vocab, rope_parameters=rope)
+    elif kind == "lora":  # PEFT's LoRA layers replace the linear ones and run as modules
+        from peft import LoraConfig, get_peft_model
+
+        targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+        config = LoraConfig(r=4, lora_alpha=8, target_modules=targets, init_lora_weights=False)
+        model = get_peft_model(tiny_llama(vocab), config)
+    else:
+        raise AssertionError(kind)
+    return Engine(randomize_norms_and_biases(model).eval(), engine.tokenizer)
+
+
+def randomize_norms_and_biases(model: Any) -> Any:
+    """Models start with RMSNorm weights of one and biases of zero, which would hide a product
+    or a sum computed in another order: give them values."""
+    import torch
+
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            noise = torch.randn(param.shape, generator=generator).to(param.dtype)
+            if name.endswith("norm.weight"):
+                param.copy_(1 + 0.2 * noise)
+            elif name.endswith("bias"):
+                param.copy_(0.1 * noise)
+    return model
+
+
+def generic(engine: Engine) -> Engine:
+    """The same model through the generic decoder: the model's own forward at every step."""
+    other = Engine(engine.model, engine.tokenizer)
+    other._llama = None
+    return other
+
+
+@pytest.mark.parametrize("kind", LLAMA_VARIANTS)
+def test_llama_path_gives_the_generic_paths_numbers_bit_for_bit(engine: Engine, kind: str) -> None:
+    """The same tokens, log-probabilities and top-5 probabilities as the model's own forward,
+    for one prompt and for a left-padded batch, greedy and sampled: the logits are equal, not
+    just close."""
+    fast = llama_variant(engine, kind)
+    assert fast._llama is not None
+    slow = generic(fast)
+    sampled = SamplingParams(temperature=1.0, top_p=0.9, seed=3, max_new_tokens=24)
+    for params in (GREEDY, sampled):
+        params = params.model_copy(update={"n": 2, "return_top_logprobs": 5})
+        for prompts in ([PROMPTS[1]], PROMPTS):
+            ours, theirs = fast.generate(prompts, params), slow.generate(prompts, params)
+            assert [c.token_ids for c in ours] == [c.token_ids for c in theirs]
+            assert [c.logprobs for c in ours] == [c.logprobs for c in theirs]
+            assert [c.alternatives for c in ours] == [c.alternatives for c in theirs]
+
+
+@pytest.mark.parametrize("kind", LLAMA_VARIANTS)
+def test_llama_path_greedy_matches_transformers(engine: Engine, kind: str) -> None:
+    fast = llama_variant(engine, kind)
+    completions = fast.generate(PROMPTS, GREEDY)
+    assert [c.token_ids for c in completions] == reference_greedy(fast, PROMPTS, 24)
+
+
+def test_models_the_llama_path_cannot_run_take_the_generic_path(engine: Engine) -> None:
+    """A rope that rescales with the positions seen, and a subclass (it may compute something
+    else), still decode like transformers."""
+    from transformers import LlamaForCausalLM
+
+    vocab = len(engine.tokenizer)
+    dynamic = tiny_llama(vocab, rope_parameters={"rope_type": "dynamic", "factor": 2.0})
+
+    class Custom(LlamaForCausalLM):
+        pass
+
+    custom = Custom(tiny_llama(vocab).config).eval()
+    for model in (dynamic, custom):
+        other = Engine(model, engine.tokenizer)
+        assert other._llama is None
+        completions = other.generate(PROMPTS, GREEDY)
+        assert [c.token_ids for c in completions] == reference_greedy(other, PROMPTS, 24)
 
 
 # -- sampling --------------------------------------------------------------------------------

@@ -29,14 +29,27 @@ Run it from Python::
     prompt = chat_prompt(engine.tokenizer, [{"role": "user", "content": "Hi"}])
     [completion] = engine.generate([prompt], SamplingParams(max_new_tokens=40, seed=1))
 
-Speed: without ``compile`` the engine uses a ``DynamicCache`` and the model's own mask code, so
-it works for every architecture (sliding windows included). With ``compile=True`` it uses a
-``StaticCache`` with a length rounded up to a power of two, a full-length mask updated in place
-and a ``torch.compile``'d decode step: shapes never change inside a request, so the step compiles
-once per (batch size, cache length) bucket. ``python -m training.core.bench generate`` measures
-both against ``model.generate``: on its 4M-parameter Llama at batch 1 on a 2-core CPU, eager
-decoding ran 1.0-1.2x as fast as ``model.generate`` (the model's own Python overhead dominates)
-and compiled decoding 2.0-2.3x.
+Speed: at batch 1 on a CPU, a small model's decode step costs more in per-call overhead (module
+calls, keyword parsing, cache and mask objects, output containers) than in arithmetic. Each
+model gets one of three decoders:
+
+- Llama-architecture models (Orchard's own, and LoRA adapters on them) decode eagerly through
+  ``_LlamaDecoder``: the prompt goes through the model's forward once, then each token runs the
+  layers' own submodules directly, op for op as transformers does, over key and value buffers
+  allocated once per call, with the padding mask and the rotary cos/sin built once per call
+  too. The logits are bit for bit those of the model's forward (tests compare them), so greedy
+  output is ``model.generate``'s, token for token.
+- Other architectures (sliding windows included) decode with a ``DynamicCache`` and the model's
+  own forward and mask code at every step.
+- With ``compile=True``: a ``StaticCache`` with a length rounded up to a power of two, a
+  full-length mask updated in place and a ``torch.compile``'d decode step: shapes never change
+  inside a request, so the step compiles once per (batch size, cache length) bucket.
+
+``python -m training.core.bench generate`` measures them against ``model.generate``: on its
+4M-parameter Llama at batch 1 on a shared 2-core CPU, eager decoding ran about 2.25x as fast
+as ``model.generate`` greedy and 2.4x sampled with torch's default two threads (medians; single
+runs 1.9-2.3x and 2.2-2.7x), and about 1.9x greedy with one thread, where the matrix products
+take a larger share. The generic eager path ran 1.0-1.2x, compiled decoding 2.2-2.4x.
 
 Simplifications:
 
@@ -294,9 +307,10 @@ class _Sampler:
     4096-token vocabulary cost about 150 and 90 us per row, a fifth of a compiled decode step of
     the benchmark's 4M-parameter model. A token is drawn by inverse CDF (one uniform number per
     row), and top-p looks only at the ``CANDIDATES`` most likely tokens when they hold the
-    nucleus; when they do not (a flat distribution), a draw from the whole distribution is
-    repeated until it lands in the nucleus, which it does with probability at least ``top_p``.
-    Only after ``MAX_REDRAWS`` misses is the vocabulary sorted.
+    nucleus; when they do not (a flat distribution: their topk is skipped when even the largest
+    probability times their number falls short), a draw from the whole distribution is repeated
+    until it lands in the nucleus, which it does with probability at least ``top_p``. Only
+    after ``MAX_REDRAWS`` misses is the vocabulary sorted.
     """
 
     CANDIDATES = 256
@@ -341,9 +355,13 @@ class _Sampler:
         probs = torch.softmax(scores, dim=-1)  # (B, V)
         if self.top_p == 1.0:
             return _draw(probs, self.generator)
-        values, ids = probs.topk(min(self.CANDIDATES, self.vocab_size), dim=-1)
-        if bool((values.sum(dim=-1) >= self.top_p).all()):
-            return self._from_sorted(values, ids)
+        candidates = min(self.CANDIDATES, self.vocab_size)
+        # The candidates hold at most candidates * the largest probability: in a flat
+        # distribution that is short of the nucleus, and their topk would be wasted.
+        if bool((probs.amax(dim=-1) * candidates >= self.top_p).all()):
+            values, ids = probs.topk(candidates, dim=-1)
+            if bool((values.sum(dim=-1) >= self.top_p).all()):
+                return self._from_sorted(values, ids)
         picks = self._draw_in_nucleus(probs)
         if picks is not None:
             return picks
@@ -459,6 +477,315 @@ def _bucket(length: int) -> int:
     return max(MIN_CACHE_BUCKET, 1 << (length - 1).bit_length())
 
 
+class _LlamaLayer:
+    """One decoder layer of a Llama-architecture model, run for one new token per row.
+
+    It runs the layer's own submodules and attention implementation, op for op as
+    ``LlamaDecoderLayer`` does, so the logits are bit for bit those of ``model.forward``
+    (tests/core/test_generate.py checks it); LoRA layers, which replace the linear ones, still
+    apply. What it leaves out is the generic forward's per-call work (keyword plumbing, output
+    containers, cache objects, mask building), which at batch 1 on a CPU costs more than the
+    arithmetic of a small model.
+    """
+
+    def __init__(self, layer: Any, dtype: torch.dtype) -> None:
+        attention, mlp = layer.self_attn, layer.mlp
+        config = attention.config
+        self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
+        self.head_dim = attention.head_dim
+        self.attend = _attention_function(attention)
+        self.input_norm = _norm_function(layer.input_layernorm, dtype)
+        self.post_norm = _norm_function(layer.post_attention_layernorm, dtype)
+        self.q = _linear_function(attention.q_proj)
+        self.k = _linear_function(attention.k_proj)
+        self.v = _linear_function(attention.v_proj)
+        self.o = _linear_function(attention.o_proj)
+        self.gate = _linear_function(mlp.gate_proj)
+        self.up = _linear_function(mlp.up_proj)
+        self.down = _linear_function(mlp.down_proj)
+        self.act = _activation_function(mlp.act_fn)
+
+    def __call__(
+        self,
+        hidden: torch.Tensor,
+        cos: torch.Tensor,
+        signed_sin: torch.Tensor,
+        new_key: torch.Tensor,
+        new_value: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """``hidden`` (B, hidden) → the layer's output (B, hidden). The new token's key and
+        value are written to ``new_key`` and ``new_value`` (B, kv_heads, 1, head_dim), the
+        cache's column for it; attention reads ``keys`` and ``values`` (B, kv_heads, n,
+        head_dim), the cache up to that column."""
+        import torch
+
+        batch, heads, kv_heads, head_dim = hidden.shape[0], self.heads, self.kv_heads, self.head_dim
+        x = self.input_norm(hidden)
+        # Queries and keys take the same rotation: one pass over both instead of two.
+        qk = torch.cat((self.q(x), self.k(x)), -1).view(batch, heads + kv_heads, 1, head_dim)
+        # Llama's rotate_half(t) * sin is t rolled by half a head times sin with its first half
+        # negated: the same products (negation is exact) in 2 ops instead of 5.
+        qk = qk * cos + qk.roll(head_dim // 2, -1) * signed_sin
+        q, k = qk.split((heads, kv_heads), 1)
+        new_key.copy_(k)
+        new_value.copy_(self.v(x).view(batch, kv_heads, 1, head_dim))
+        hidden = hidden + self.o(self.attend(q, keys, values, mask))
+        x = self.post_norm(hidden)
+        return hidden + self.down(self.act(self.gate(x)) * self.up(x))
+
+
+# The functions below return a module's computation as a plain function where that is exactly
+# what calling the module does: a module call costs 2-5 us on a CPU and keyword arguments to a
+# torch function about 3 us more, as much as the small model's matrix-vector products, and a
+# decode step makes about 30 such calls per layer. Anything else (a LoRA or quantised layer, a
+# module with hooks) is returned as is, and runs as the model's forward would run it.
+
+Function = Callable[["torch.Tensor"], "torch.Tensor"]
+
+
+def _linear_function(module: Any) -> Function:
+    """For inputs (B, in): ``F.linear`` on them is ``mm`` (``addmm`` with a bias) with the
+    transposed weight, which its layers of dispatch rebuild at every call."""
+    import torch
+
+    if type(module) is not torch.nn.Linear or _has_hooks(module):
+        return module
+    weight_t, bias = module.weight.t(), module.bias  # a view: the weight stays shared
+    if bias is None:
+        return lambda x: x.mm(weight_t)
+    addmm = torch.addmm
+    return lambda x: addmm(bias, x, weight_t)
+
+
+def _norm_function(module: Any, dtype: torch.dtype) -> Function:
+    """In float32, torch's ``rms_norm`` runs the ops of Llama's RMSNorm (square, mean, add eps,
+    rsqrt, two products) with the same results in one call; other dtypes round between the
+    products in Llama's version, so the module runs."""
+    import torch
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    if type(module) is not LlamaRMSNorm or _has_hooks(module):
+        return module
+    weight, eps = module.weight, module.variance_epsilon
+    if not dtype == weight.dtype == torch.float32:
+        return module
+    rms_norm, shape = torch.rms_norm, tuple(weight.shape)
+    return lambda x: rms_norm(x, shape, weight, eps)
+
+
+def _activation_function(module: Any) -> Function:
+    import torch
+    from transformers.activations import SiLUActivation
+
+    if type(module) in (SiLUActivation, torch.nn.SiLU) and not _has_hooks(module):
+        return torch.nn.functional.silu
+    return module
+
+
+def _embedding_function(module: Any) -> Function:
+    import torch
+
+    if type(module) is not torch.nn.Embedding or _has_hooks(module) or module.max_norm:
+        return module
+    embedding, weight = torch.nn.functional.embedding, module.weight
+    return lambda ids: embedding(ids, weight)
+
+
+def _attention_function(
+    attention: Any,
+) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]:
+    """``attend(q, keys, values, mask)``: queries (B, heads, 1, head_dim) against the cached
+    keys and values (B, kv_heads, n, head_dim) → (B, heads * head_dim), with the model's
+    attention implementation."""
+    import torch
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+    from transformers.models.llama.modeling_llama import eager_attention_forward
+
+    implementation, scaling = attention.config._attn_implementation, attention.scaling
+    if implementation == "sdpa" and attention.num_key_value_groups == 1:
+        # The call transformers' sdpa_attention_forward makes for one query token without
+        # grouped heads, minus its argument checks and a transpose that one token can skip.
+        sdpa = torch.nn.functional.scaled_dot_product_attention
+
+        def attend_sdpa(
+            q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None
+        ) -> torch.Tensor:
+            out = sdpa(q, keys, values, mask, 0.0, False, scale=scaling)  # (B, heads, 1, D)
+            return out.reshape(q.shape[0], -1)
+
+        return attend_sdpa
+    interface = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
+
+    def attend(
+        q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        out, _ = interface(attention, q, keys, values, mask, dropout=0.0, scaling=scaling)
+        return out.reshape(q.shape[0], -1)  # (B, 1, heads, D) → (B, heads * D)
+
+    return attend
+
+
+def _has_hooks(module: Any) -> bool:
+    return bool(module._forward_hooks or module._forward_pre_hooks)
+
+
+def _llama_model(model: PreTrainedModel) -> Any:
+    """The ``LlamaForCausalLM`` that :class:`_LlamaDecoder` runs for ``model`` (itself, or the
+    base under a LoRA wrapper), or None for the generic path: other architectures, subclasses
+    (they may compute something else), prompt-learning adapters (they change the inputs),
+    attention implementations other than sdpa and eager, and dynamic rope types."""
+    from transformers.models.llama.modeling_llama import (
+        LlamaAttention,
+        LlamaDecoderLayer,
+        LlamaForCausalLM,
+        LlamaMLP,
+        LlamaModel,
+        LlamaRotaryEmbedding,
+    )
+
+    base = model
+    peft_config = getattr(model, "active_peft_config", None)
+    if peft_config is not None:
+        if peft_config.is_prompt_learning:
+            return None
+        base = model.get_base_model()
+    if type(base) is not LlamaForCausalLM or type(base.model) is not LlamaModel:
+        return None
+    if base.config._attn_implementation not in ("sdpa", "eager"):
+        return None
+    rotary = base.model.rotary_emb
+    if type(rotary) is not LlamaRotaryEmbedding or _has_hooks(rotary):
+        return None
+    # These rescale with the longest position in the call, so positions have no fixed table.
+    if "dynamic" in rotary.rope_type or rotary.rope_type == "longrope":
+        return None
+    for layer in base.model.layers:
+        if (
+            type(layer) is not LlamaDecoderLayer
+            or type(layer.self_attn) is not LlamaAttention
+            or type(layer.mlp) is not LlamaMLP
+            or _has_hooks(layer)
+        ):
+            return None
+    return base
+
+
+class _LlamaDecoder(_Decoder):
+    """Eager decoding for Llama-architecture models, without the generic forward's overhead.
+
+    Prefill is the generic one (the model's own forward, once). Its cache is then copied into
+    preallocated key and value buffers, one pair per layer, and each step runs the layers
+    directly (:class:`_LlamaLayer`): no cache object, mask or output container is built per
+    token. What transformers recomputes at every step is computed once per call instead: the
+    padding mask (None without padding, as in transformers) and the rotary cos and sin of every
+    position the call can reach, from the model's own rotary module (its rope types here are
+    pure functions of the position).
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        input_ids: torch.Tensor,
+        prompt_mask: torch.Tensor,
+        steps: int,
+    ) -> None:
+        import torch
+
+        super().__init__(engine, input_ids, prompt_mask, steps)
+        self.llama = llama = engine._llama
+        model = llama.model
+        dtype, device = model.embed_tokens.weight.dtype, input_ids.device
+        self.embed = _embedding_function(model.embed_tokens)
+        self.layers = [_LlamaLayer(layer, dtype) for layer in model.layers]
+        self.norm = _norm_function(model.norm, dtype)
+        self.lm_head = _linear_function(llama.lm_head)
+        self.length = self.prompt_length  # cache columns filled
+        batch, capacity = self.mask.shape
+        head_dim = model.layers[0].self_attn.head_dim
+        shape = (len(self.layers), batch, llama.config.num_key_value_heads, capacity, head_dim)
+        # One tensor for all layers, so that a step takes its views of every layer's cache in
+        # one op. Columns are read only once written: no need to zero them.
+        self.keys = torch.empty(shape, dtype=dtype, device=device)
+        self.values = torch.empty(shape, dtype=dtype, device=device)
+        self.attention_mask = self._attention_mask(prompt_mask, capacity, dtype)
+        self._rotations(model.rotary_emb, steps, dtype)
+        # Without padding every row is at the same position: one index for all of them.
+        self.position = self.prompt_length
+
+    def _attention_mask(
+        self, prompt_mask: torch.Tensor, capacity: int, dtype: torch.dtype
+    ) -> torch.Tensor | None:
+        """(B, 1, 1, capacity) mask for one new token, as transformers builds it: None without
+        padding (every key is visible), boolean for sdpa, additive for eager."""
+        import torch
+
+        if bool(prompt_mask.all()):
+            return None
+        visible = torch.ones(
+            prompt_mask.shape[0], capacity, dtype=torch.bool, device=prompt_mask.device
+        )
+        visible[:, : self.prompt_length] = prompt_mask.bool()
+        visible = visible[:, None, None, :]
+        if self.llama.config._attn_implementation == "sdpa":
+            return visible
+        zero = torch.zeros((), dtype=dtype, device=visible.device)
+        return torch.where(visible, zero, torch.finfo(dtype).min)
+
+    def _rotations(self, rotary: Any, steps: int, dtype: torch.dtype) -> None:
+        """``cos`` and ``signed_sin`` (P, 1, head_dim): the rotary module's cos and sin for
+        positions 0..P-1, the sin with its first half negated (see :class:`_LlamaLayer`)."""
+        import torch
+
+        device = self.positions.device
+        last = min(int(self.positions.max()) + steps, self.engine.context_window - 1)
+        positions = torch.arange(last + 1, device=device)[None]  # (1, P)
+        # cos and sin are elementwise: a position's values are those transformers computes at
+        # its step (tests compare the logits bit for bit).
+        cos, sin = rotary(torch.empty(0, dtype=dtype, device=device), positions)  # (1, P, D)
+        sign = torch.ones(cos.shape[-1], dtype=dtype, device=device)
+        sign[: cos.shape[-1] // 2] = -1
+        self.cos, self.signed_sin = cos[0, :, None], (sin * sign)[0, :, None]
+        self.last_position = last
+
+    def prefill(self) -> torch.Tensor:
+        # The model's own forward, once per call. (Run through the layers directly, a whole
+        # prompt's matrix products get inputs with other strides than transformers gives them,
+        # and a CPU matrix-product kernel can round differently for those.)
+        logits = super().prefill()
+        for layer, keys, values in zip(self.cache.layers, self.keys, self.values, strict=True):
+            keys[:, :, : self.length] = layer.keys  # (B, kv_heads, T, head_dim)
+            values[:, :, : self.length] = layer.values
+        self.cache = None  # the buffers hold it now
+        return logits
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Feed ``tokens`` (B,) and return the logits (B, V) for the token after them."""
+        slot = self.length
+        if self.attention_mask is None:
+            mask = None
+            position = min(self.position, self.last_position)
+            cos, signed_sin = self.cos[position], self.signed_sin[position]  # (1, head_dim)
+            self.position += 1
+        else:
+            mask = self.attention_mask[..., : slot + 1]
+            cos, signed_sin = self.cos[self.positions], self.signed_sin[self.positions]
+            # Finished rows keep being fed; clamping keeps their positions in the table.
+            self.positions.add_(1).clamp_(max=self.last_position)
+        # Per layer: the cache column of the new token, and the cache up to it.
+        new_keys = self.keys.narrow(3, slot, 1).unbind(0)
+        new_values = self.values.narrow(3, slot, 1).unbind(0)
+        keys = self.keys.narrow(3, 0, slot + 1).unbind(0)
+        values = self.values.narrow(3, 0, slot + 1).unbind(0)
+        hidden = self.embed(tokens)  # (B, hidden)
+        for layer, *cache in zip(self.layers, new_keys, new_values, keys, values, strict=True):
+            hidden = layer(hidden, cos, signed_sin, *cache, mask)
+        self.length = slot + 1
+        return self.lm_head(self.norm(hidden)).float()
+
+
 class Engine:
     """A causal LM and its tokenizer, ready to generate."""
 
@@ -485,6 +812,8 @@ class Engine:
         self.compiled = compile
         if compile:
             _check_compilable(model)
+        # Eager decoding of Llama-architecture models skips the model's per-call overhead.
+        self._llama = None if compile else _llama_model(model)
         self._decode_step = (
             torch.compile(self._forward_one, dynamic=False, **_compile_options(self.device))
             if compile
@@ -650,8 +979,10 @@ class Engine:
         stops = _StopStrings(params.stop_strings)
         stop_ids = frozenset(params.stop_token_ids) - self.eos_ids
         input_ids, prompt_mask = self._batch(encoded, params.n)
-        decoder = _Decoder(self, input_ids, prompt_mask, max(row.budget for row in rows))
+        decoder_type = _Decoder if self._llama is None else _LlamaDecoder
+        decoder = decoder_type(self, input_ids, prompt_mask, max(row.budget for row in rows))
         active = torch.ones(len(rows), dtype=torch.bool, device=self.device)  # (B,)
+        some_finished = False
 
         if should_stop():
             return self._stop_all(rows)
@@ -670,7 +1001,7 @@ class Engine:
                 row.record(token_id, logprob, alternatives, now)
                 delta = self._advance(row, token_id, stop_ids, stops, now)
                 if row.finish_reason is not None:
-                    active[r] = False
+                    active[r], some_finished = False, True
                 if on_token is not None:
                     event = TokenEvent(
                         index=r,
@@ -686,8 +1017,9 @@ class Engine:
                 return
             if should_stop():
                 return self._stop_all(rows)
-            # Finished rows are fed padding; their logits are computed and ignored.
-            logits = decoder.step(next_ids.masked_fill(~active, self.pad_id))
+            if some_finished:  # fed padding: their logits are computed and ignored
+                next_ids = next_ids.masked_fill(~active, self.pad_id)
+            logits = decoder.step(next_ids)
 
     def _advance(
         self,

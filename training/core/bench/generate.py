@@ -11,9 +11,12 @@ processes hits all of them alike. Figures are medians over ``--repeats`` runs:
   by a streamer at its first ``put`` after the prompt's);
 - ``speedup``: Engine tokens/s over ``model.generate`` tokens/s (issue goal: at least 2).
 
-The Engine runs eagerly (``DynamicCache``) and, unless ``--quick`` or ``--no-compile``, compiled
+The Engine runs eagerly (for this Llama, its Llama decoding path: the layers run directly over
+preallocated key and value buffers) and, unless ``--quick`` or ``--no-compile``, compiled
 (``StaticCache`` + ``torch.compile``; the one-off compile time is reported apart and not counted
-in the runs). Greedy outputs are also compared token for token with ``model.generate``.
+in the runs). Both sides get the same checkpoint, prompt, number of new tokens, dtype, thread
+count and sampling settings. Greedy outputs are also compared token for token with
+``model.generate``.
 
 Options: ``--quick`` (32 new tokens, 3 repeats, no compile: a smoke run of about 10 s),
 ``--new-tokens N``, ``--prompt-tokens N``, ``--repeats N``, ``--no-compile``, ``--device D``,
