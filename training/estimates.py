@@ -49,9 +49,12 @@ def pretrain_estimate(config: dict[str, Any], inputs: dict[str, list[int]]) -> l
         mlp_bias=False,
         max_position_embeddings=context,
     )
-    figures = estimate(
-        shape, batch_size=int(config.get("batch_size") or 16), context_length=context
-    )
+    processes = max(0, int(config.get("processes") if config.get("processes") is not None else 1))
+    micro_batch = int(config.get("batch_size") or 16)
+    # Data parallelism: every process holds the whole model, its optimizer state and gradients,
+    # but only its share of each micro-batch's activations.
+    per_process_batch = -(-micro_batch // processes) if processes > 1 else micro_batch
+    figures = estimate(shape, batch_size=per_process_batch, context_length=context)
     params = figures["parameters"]
     trained = int(config.get("max_steps") or 0) * batch * context
     rows: list[tuple] = [
@@ -63,7 +66,7 @@ def pretrain_estimate(config: dict[str, Any], inputs: dict[str, list[int]]) -> l
         ("FLOPs per token", format_count(figures["flops_per_token"])),
         ("Training compute", format_count(figures["flops_per_token"] * trained) + "FLOPs"),
         (
-            "Memory (fp32 / bf16)",
+            _memory_label(processes),
             " / ".join(
                 f"{figures['memory_bytes'][d]['total'] / 2**30:.2f} GiB" for d in ("fp32", "bf16")
             ),
@@ -85,3 +88,13 @@ def pretrain_estimate(config: dict[str, Any], inputs: dict[str, list[int]]) -> l
             )
         )
     return rows
+
+
+def _memory_label(processes: int) -> str:
+    """What the memory figure is for: the one training process, or each of several."""
+    if processes == 1:
+        return "Memory (fp32 / bf16)"
+    if processes == 0:
+        # The worker counts its GPUs when the run starts; the web server cannot see them.
+        return "Memory per GPU, one process per visible GPU (fp32 / bf16; less with more GPUs)"
+    return f"Memory per GPU, {processes} processes (fp32 / bf16)"

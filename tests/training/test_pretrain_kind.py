@@ -24,6 +24,52 @@ def test_the_launch_page_estimates_size_compute_and_memory(client_for, corpus_an
     assert "choose a tokenizer" in tom.get("/runs/new/pretrain/estimate/").content.decode()
 
 
+def _memory_row(client, **params) -> tuple[str, float]:
+    """(label, fp32 GiB) of the estimate panel's memory row."""
+    import re
+
+    body = client.get("/runs/new/pretrain/estimate/", params).content.decode()
+    match = re.search(r"<dt>(Memory[^<]*)</dt><dd>([\d.]+) GiB", body)
+    assert match, body
+    return match.group(1), float(match.group(2))
+
+
+def test_the_memory_estimate_is_per_gpu_when_training_on_several(client_for, corpus_and_tokenizer):
+    _, tokenizer = corpus_and_tokenizer
+    tom = client_for("tom")
+    shape = {"config_preset": "small", "config_batch_size": 32, "input_tokenizer": tokenizer.pk}
+    one_label, one = _memory_row(tom, **shape, config_processes=1)
+    four_label, four = _memory_row(tom, **shape, config_processes=4)
+    all_label, all_gpus = _memory_row(tom, **shape, config_processes=0)
+    assert one_label.startswith("Memory (") and "4 processes" in four_label
+    assert "visible GPU" in all_label and all_gpus == one  # the worker counts its GPUs later
+    # Each of 4 processes keeps the whole model and optimizer but a quarter of the activations.
+    assert 0 < four < one
+    from types import SimpleNamespace
+
+    from training.core.model import get_preset, training_memory
+
+    preset = get_preset("small")
+    from training.core.token_view import load_tokenizer
+
+    vocab = load_tokenizer(tokenizer.abspath()).get_vocab_size()
+    shape_ns = SimpleNamespace(
+        vocab_size=vocab,
+        hidden_size=preset.hidden_size,
+        num_hidden_layers=preset.num_layers,
+        num_attention_heads=preset.num_heads,
+        num_key_value_heads=preset.num_heads,
+        head_dim=preset.head_dim,
+        intermediate_size=preset.intermediate_size,
+        tie_word_embeddings=True,
+        attention_bias=False,
+        mlp_bias=False,
+        max_position_embeddings=256,
+    )
+    expected = training_memory(shape_ns, batch_size=8, context_length=256)["total"] / 2**30
+    assert four == pytest.approx(expected, abs=0.005)
+
+
 def test_a_pretrain_run_produces_a_checkpoint_with_lineage_and_samples(
     client_for, people, corpus_and_tokenizer
 ):
