@@ -108,3 +108,46 @@ def test_mixed_adult_hosts_are_not_blocked_by_orchards_lists() -> None:
     f = UrlFilter(domains=shipped_list("domains"))
     hosts = shared_list("ut1_mixed_adult_domains.txt")
     assert [h for h in hosts if f.check(f"https://{h}/")] == []
+
+
+def _url_variants(host: str) -> list[str]:
+    """The same host written the ways URLs in the wild write it."""
+    ideographic = host.replace(".", "\u3002")  # full stops tldextract reads as dots
+    return [
+        f"https://{host}/page",
+        f"http://WWW.{host.upper()}:8080/x?y=1",
+        f"https://user:pw@news.{host}/",
+        f"https://{ideographic}/",
+        f"{host}/no-scheme",
+        f"https://not-{host}.example/",
+        f"https://example.org/?next=https://{host}/",
+    ]
+
+
+def test_scanning_for_blocked_domains_gives_the_verdicts_of_the_full_host_check(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ut1 = shared_list("datatrove_ut1_blocklist_domains_sample5000.txt")
+    domains = shipped_list("domains") + ut1[: UrlFilter.SCAN_LIMIT - 60]
+    scanning = UrlFilter(domains=domains)
+    full = UrlFilter(domains=domains)
+    full.scan_domains = False
+    assert scanning.scan_domains and len(scanning.domains) <= UrlFilter.SCAN_LIMIT
+    hosts = domains + ut1[-200:] + shared_list("ut1_mixed_adult_domains.txt")[:200]
+    urls = [url for host in hosts for url in _url_variants(host)]
+    verdicts = [scanning.check(url) for url in urls]
+    assert verdicts == [full.check(url) for url in urls]
+    assert {v.reason for v in verdicts if v} == {"domain", "subdomain"}
+
+    def no_tldextract() -> None:
+        raise AssertionError("tldextract loaded for a URL that mentions no blocked domain")
+
+    monkeypatch.setattr("training.core.pipeline.url_filter._tld_extractor", no_tldextract)
+    assert scanning.check("https://www.wikipedia.org/wiki/Orchard") is None
+    with pytest.raises(AssertionError):
+        full.check("https://www.wikipedia.org/wiki/Orchard")
+
+
+def test_long_domain_lists_skip_the_scan() -> None:
+    domains = shared_list("datatrove_ut1_blocklist_domains_sample5000.txt")
+    assert not UrlFilter(domains=domains).scan_domains

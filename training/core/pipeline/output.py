@@ -66,7 +66,9 @@ class _Assembler:
         self.drops = drops
         per_shard = cfg.shard_documents
         self.kept = ShardWriter(folder / "shards", "kept", per_shard, keep_empty=True)
-        self.dropped = ShardWriter(folder / "dropped", "dropped", per_shard, keep_empty=True)
+        # Each chunk's dropped rows as its worker compressed them, then its duplicates: the bulk
+        # of the dropped text is not decompressed and compressed again here, on one core.
+        self.dropped = ConcatenatedShards(folder / "dropped", "dropped", per_shard, keep_empty=True)
         self.raw = (
             ConcatenatedShards(folder / "raw", "raw", per_shard) if cfg.keep_raw_html else None
         )
@@ -81,37 +83,38 @@ class _Assembler:
     def add_chunk(self, folder: Path, summary: dict[str, Any]) -> None:
         if self.raw is not None:
             self.raw.append(folder / RAW, summary["raw"])
-        for row in read_rows(folder / DROPPED):
-            self.dropped.write(row)
+        self.dropped.append(folder / DROPPED, summary["documents"] - summary["kept"])
+        duplicates = []
         for row in read_rows(folder / KEPT):
-            self._add_kept(row)
+            if (duplicate := self._add_kept(row)) is not None:
+                duplicates.append(duplicate)
             self.index += 1
+        self.dropped.append_rows(duplicates)
 
-    def _add_kept(self, row: dict[str, Any]) -> None:
+    def _add_kept(self, row: dict[str, Any]) -> dict[str, Any] | None:
+        """Writes a document the stages kept, or returns its dropped row if dedup drops it."""
         if self.index in self.wanted_ids:
             self.ids[self.index] = row["id"]
         drop = self.drops.get(self.index)
         if drop is not None:
             reason, original = drop
             self.dedup_reasons[reason] += 1
-            self.dropped.write(
-                {
-                    "id": row["id"],
-                    "url": row["url"],
-                    "stage": "dedup",
-                    "reason": reason,
-                    # the kept copy comes earlier, so its id is known by now
-                    "scores": {"duplicate_of": self.ids[original]},
-                    "text": row["text"],
-                    "language": row["language"],
-                }
-            )
-            return
+            return {
+                "id": row["id"],
+                "url": row["url"],
+                "stage": "dedup",
+                "reason": reason,
+                # the kept copy comes earlier, so its id is known by now
+                "scores": {"duplicate_of": self.ids[original]},
+                "text": row["text"],
+                "language": row["language"],
+            }
         row["text"] = self.masker.mask(row["text"])
         self.characters += len(row["text"])
         if row["language"] is not None:
             self.languages[row["language"]] += 1
         self.kept.write(row)
+        return None
 
     def close(self) -> dict[str, int]:
         self.kept.close()

@@ -51,6 +51,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from isal import igzip, isal_zlib
+
 from training.core.corpus import CorpusError, iter_documents_with_offsets, iter_json_records
 
 Document = dict[str, Any]
@@ -171,12 +173,17 @@ def _nothing_found(fmt: str, skipped: Counter[str]) -> str:
 # --- compressed files -------------------------------------------------------------------------
 
 
+# What a damaged gzip file raises: ISA-L's errors for bad deflate data, gzip's for bad headers.
+_GZIP_ERRORS = (EOFError, zlib.error, isal_zlib.error, gzip.BadGzipFile)
+
+
 class _GzipStream:
     """A gzip stream that remembers a decompression error instead of letting the reader see it:
-    warcio takes an EOFError for a clean end of file, so a truncated file would look complete."""
+    warcio takes an EOFError for a clean end of file, so a truncated file would look complete.
+    Decompression is ISA-L's (``isal.igzip``), about twice as fast as zlib's."""
 
     def __init__(self, fileobj: BinaryIO) -> None:
-        self._gzip = gzip.GzipFile(fileobj=fileobj, mode="rb")
+        self._gzip = igzip.GzipFile(fileobj=fileobj, mode="rb")
         self.error: Exception | None = None
 
     def read(self, size: int = -1) -> bytes:
@@ -184,7 +191,7 @@ class _GzipStream:
             return b""
         try:
             return self._gzip.read(size)
-        except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        except _GZIP_ERRORS as exc:
             self.error = exc
             return b""
 
@@ -193,7 +200,7 @@ class _GzipStream:
             return b""
         try:
             return self._gzip.readline(size)
-        except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        except _GZIP_ERRORS as exc:
             self.error = exc
             return b""
 
