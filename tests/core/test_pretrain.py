@@ -477,14 +477,42 @@ def test_pretrain_runs_from_the_shell(tmp_path: Path, corpus: Path, tokenizer: P
 def test_benchmark_quick_path_runs() -> None:
     from training.core.bench.pretrain import main
 
-    began = time.monotonic()
     report = main(["--quick", "--batch-size", "2", "--context", "32", "--vocab", "512"])
-    assert time.monotonic() - began < 30
     json.dumps(report)
     assert report["quick"] and report["shape"]["tokens_per_step"] == 64
     assert report["reference"]["tokens_per_sec"] > 0 and report["orchard"]["tokens_per_sec"] > 0
     assert report["speedup"] > 0
     assert abs(report["initial_loss"]["reference"] - report["initial_loss"]["orchard"]) < 0.05
+    ceiling = report["matmul_ceiling"]
+    assert ceiling["seconds_per_step"] > 0
+    assert ceiling["tokens_per_sec"] == pytest.approx(64 / ceiling["seconds_per_step"], rel=1e-3)
+    assert ceiling["orchard_share"] == pytest.approx(
+        report["orchard"]["tokens_per_sec"] / ceiling["tokens_per_sec"], rel=1e-2
+    )
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2])
+def test_the_benchmarks_matmul_ceiling_times_exactly_the_counted_flops(kv_heads: int) -> None:
+    from transformers import LlamaConfig
+
+    from training.core.bench.pretrain import step_matmuls
+    from training.core.model import flops_per_token
+
+    config = LlamaConfig(
+        vocab_size=512,
+        hidden_size=64,
+        intermediate_size=176,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=32,
+    )
+    batch, context = 2, 32
+    flops = 0
+    for left, right in step_matmuls(config, batch, context):
+        assert left[:-2] == right[:-2] and left[-1] == right[-2]  # a valid (batched) product
+        flops += 2 * math.prod(left) * right[-1]
+    assert flops == flops_per_token(config, context) * batch * context
 
 
 @pytest.mark.slow

@@ -109,7 +109,7 @@ def build_config(
 
 
 @dataclass(frozen=True)
-class _Shape:
+class ModelShape:
     """The numbers the size formulas need, read from a LlamaConfig-like object."""
 
     vocab: int
@@ -125,7 +125,7 @@ class _Shape:
     context: int
 
     @classmethod
-    def of(cls, config: Any) -> _Shape:
+    def of(cls, config: Any) -> ModelShape:
         heads = config.num_attention_heads
         return cls(
             vocab=config.vocab_size,
@@ -170,7 +170,7 @@ def count_parameters(config: Any) -> dict[str, int]:
     ``embedding`` is the token embedding plus an untied output head; ``non_embedding`` is the
     rest (attention, MLP, norms), the N of scaling-law papers.
     """
-    s = _Shape.of(config)
+    s = ModelShape.of(config)
     embedding = s.vocab * s.hidden * (1 if s.tied else 2)
     blocks = s.layers * (s.layer_matmul_params() + s.layer_other_params())
     final_norm = s.hidden
@@ -194,7 +194,7 @@ def flops_per_token(config: Any, context_length: int | None = None) -> int:
     ``2 * 2 * context * attn_width`` per layer forward, x3 with the backward; causal masking is
     ignored, as in the usual MFU convention. Norms, softmax and the optimizer are left out.
     """
-    s = _Shape.of(config)
+    s = ModelShape.of(config)
     context = context_length or s.context
     matmul_params = s.layers * s.layer_matmul_params() + s.vocab * s.hidden
     return 6 * matmul_params + 12 * s.layers * s.attn_width * context
@@ -217,7 +217,7 @@ def training_memory(
     """
     if dtype not in ("fp32", "bf16"):
         raise ValueError(f"dtype must be 'fp32' or 'bf16', got {dtype!r}")
-    s = _Shape.of(config)
+    s = ModelShape.of(config)
     context = context_length or s.context
     params = count_parameters(config)["parameters"]
     act_bytes = 4 if dtype == "fp32" else 2
@@ -248,7 +248,7 @@ def estimate(config: Any, *, batch_size: int = 16, context_length: int | None = 
 
     ``context_length`` defaults to the config's ``max_position_embeddings``.
     """
-    context = context_length or _Shape.of(config).context
+    context = context_length or ModelShape.of(config).context
     counts = count_parameters(config)
     flops = flops_per_token(config, context)
     return {

@@ -20,6 +20,14 @@ ratio; ``speedup_median_of_rounds`` is the median of the ratios of adjacent roun
 to trust on a busy machine. MFU is model FLOPs per second
 (:func:`training.core.model.flops_per_token` times tokens per second) over the best
 large-matmul throughput measured in the same run, in the dtype each side computes in.
+
+``matmul_ceiling`` bounds what any implementation of the same arithmetic can reach here: every
+matrix product of one training step (forward and backward, at this shape), timed alone, best of
+several repetitions, summed; nothing else (norms, softmax, optimizer, memory traffic between
+them) is counted. Its tokens per second over the reference's is the largest speedup a step
+computing these products can have on this machine; ``orchard_share`` is how much of the ceiling
+Orchard's step reaches. Small matrices run below the large-matmul peak, so this ceiling, not
+the peak, is what limits a model of this size.
 """
 
 from __future__ import annotations
@@ -82,8 +90,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if not args.quick:  # once more, in case the machine was busier at the start
         for name, dt in _dtypes().items():
             peaks[name] = max(peaks[name], matmul_peak_gflops(dt))
+    ceiling_seconds = matmul_seconds_per_step(config, args.batch_size, args.context, amp)
     # Best round of each side: on a shared machine, other processes only ever slow a round down.
     ref_tps, orch_tps = max(ref_rounds), max(orch_rounds)
+    ceiling_tps = args.batch_size * args.context / ceiling_seconds
     round_ratios = [o / r for o, r in zip(orch_rounds, ref_rounds, strict=True)]
 
     flops = flops_per_token(config, args.context)
@@ -121,6 +131,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "tokens_per_sec": round(orch_tps, 1),
             "rounds": [round(v, 1) for v in orch_rounds],
             f"mfu_vs_{dtype_name(amp)}_peak": round(mfu, 4),
+        },
+        "matmul_ceiling": {
+            "dtype": dtype_name(amp),
+            "seconds_per_step": round(ceiling_seconds, 5),
+            "tokens_per_sec": round(ceiling_tps, 1),
+            "gflops": round(flops * ceiling_tps / 1e9, 1),
+            "speedup_over_reference": round(ceiling_tps / ref_tps, 3),
+            "orchard_share": round(orch_tps / ceiling_tps, 4),
         },
         "initial_loss": {k: round(v, 5) for k, v in initial.items()},
         "speedup": round(speedup, 3),
@@ -160,6 +178,75 @@ def matmul_peak_gflops(dtype: torch.dtype, *, quick: bool = False) -> float:
             a @ b
             best = max(best, 2 * n**3 / (time.perf_counter() - began) / 1e9)
     return best
+
+
+def step_matmuls(config: Any, batch: int, context: int) -> list[tuple[tuple[int, ...], ...]]:
+    """The (left, right) operand shapes of every matrix product in one training step.
+
+    A linear layer ``y = x @ w.T`` (x: tokens x in, w: out x in) costs ``x @ w.T`` forward and
+    ``dy @ w`` and ``dy.T @ x`` backward; attention's ``q @ k.T`` and ``p @ v`` (per batch row
+    and head) cost one product forward and two backward each. Together they are the FLOPs of
+    :func:`training.core.model.flops_per_token`.
+    """
+    from training.core.model import ModelShape
+
+    s = ModelShape.of(config)
+    tokens = batch * context
+    kv_width = s.kv_heads * s.head_dim
+    linears = [  # (in, out) of each weight, per layer
+        (s.hidden, s.attn_width),  # q
+        (s.hidden, kv_width),  # k
+        (s.hidden, kv_width),  # v
+        (s.attn_width, s.hidden),  # o
+        (s.hidden, s.intermediate),  # gate
+        (s.hidden, s.intermediate),  # up
+        (s.intermediate, s.hidden),  # down
+    ]
+    products: list[tuple[tuple[int, ...], ...]] = []
+    for _layer in range(s.layers):
+        for fan_in, fan_out in linears:
+            products += _linear_products(tokens, fan_in, fan_out)
+        heads, d = (batch, s.heads), s.head_dim
+        products += [
+            ((*heads, context, d), (*heads, d, context)),  # q @ k.T
+            ((*heads, context, context), (*heads, context, d)),  # p @ v
+            ((*heads, context, context), (*heads, context, d)),  # d(q @ k.T) wrt q: ds @ k
+            ((*heads, context, context), (*heads, context, d)),  # ... wrt k: ds.T @ q
+            ((*heads, context, d), (*heads, d, context)),  # d(p @ v) wrt p: dy @ v.T
+            ((*heads, context, context), (*heads, context, d)),  # ... wrt v: p.T @ dy
+        ]
+    return products + _linear_products(tokens, s.hidden, s.vocab)  # the output head
+
+
+def _linear_products(tokens: int, fan_in: int, fan_out: int) -> list[tuple[tuple[int, ...], ...]]:
+    return [
+        ((tokens, fan_in), (fan_in, fan_out)),  # x @ w.T
+        ((tokens, fan_out), (fan_out, fan_in)),  # dx = dy @ w
+        ((fan_out, tokens), (tokens, fan_in)),  # dw = dy.T @ x
+    ]
+
+
+def matmul_seconds_per_step(
+    config: Any, batch: int, context: int, amp: torch.dtype | None, reps: int = 5
+) -> float:
+    """Seconds the products of :func:`step_matmuls` take, each alone, best of ``reps``."""
+    import torch
+
+    dtype = amp or torch.float32
+    generator = torch.Generator().manual_seed(0)
+    best: dict[tuple[tuple[int, ...], ...], float] = {}
+    for shapes in step_matmuls(config, batch, context):
+        if shapes in best:  # the layers repeat their shapes: time each shape once
+            continue
+        left, right = (torch.randn(shape, generator=generator).to(dtype) for shape in shapes)
+        left @ right  # allocation and kernel selection
+        times = []
+        for _ in range(reps):
+            began = time.perf_counter()
+            left @ right
+            times.append(time.perf_counter() - began)
+        best[shapes] = min(times)
+    return sum(best[shapes] for shapes in step_matmuls(config, batch, context))
 
 
 def _pick_amp(choice: str, peaks: dict[str, float]) -> torch.dtype | None:
