@@ -359,6 +359,23 @@ def test_models_the_llama_path_cannot_run_take_the_generic_path(engine: Engine) 
         assert [c.token_ids for c in completions] == reference_greedy(other, PROMPTS, 24)
 
 
+@pytest.mark.parametrize("where", ["model", "layer"])
+def test_hooks_added_after_the_engine_was_made_still_run(engine: Engine, where: str) -> None:
+    """The Llama path skips the modules' forward calls; a forward hook registered later (on
+    the model or inside it) sends the call down the generic path, where it runs every step."""
+    model = engine.model
+    module = model if where == "model" else model.model.layers[0]
+    calls: list[int] = []
+    handle = module.register_forward_hook(lambda *_args: calls.append(1))
+    try:
+        assert engine._llama is not None and not engine._llama_path_usable()
+        completions = engine.generate(PROMPTS[:1], GREEDY)
+    finally:
+        handle.remove()
+    assert len(calls) == len(completions[0].token_ids)  # the prefill, then one per new token
+    assert engine._llama_path_usable()
+
+
 # -- sampling --------------------------------------------------------------------------------
 
 

@@ -628,6 +628,12 @@ def _attention_function(
     return attend
 
 
+def _hooked(model: PreTrainedModel) -> bool:
+    """Whether any module of ``model`` has a forward hook. The Llama path skips the modules'
+    ``forward`` calls, so it would skip the hooks, which may have been added at any time."""
+    return any(_has_hooks(module) for module in model.modules())
+
+
 def _has_hooks(module: Any) -> bool:
     return bool(module._forward_hooks or module._forward_pre_hooks)
 
@@ -936,6 +942,11 @@ class Engine:
                 rows.append(_Sequence(index, sample, len(ids), budget, detok))
         return rows
 
+    def _llama_path_usable(self) -> bool:
+        """Whether this call may run the Llama decoding path (checked per call: hooks added
+        after the engine was made count too)."""
+        return self._llama is not None and not _hooked(self.model)
+
     def _batch(self, encoded: list[list[int]], n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Left-padded ``input_ids`` and ``attention_mask`` (B, T), each prompt ``n`` times."""
         import torch
@@ -979,7 +990,7 @@ class Engine:
         stops = _StopStrings(params.stop_strings)
         stop_ids = frozenset(params.stop_token_ids) - self.eos_ids
         input_ids, prompt_mask = self._batch(encoded, params.n)
-        decoder_type = _Decoder if self._llama is None else _LlamaDecoder
+        decoder_type = _LlamaDecoder if self._llama_path_usable() else _Decoder
         decoder = decoder_type(self, input_ids, prompt_mask, max(row.budget for row in rows))
         active = torch.ones(len(rows), dtype=torch.bool, device=self.device)  # (B,)
         some_finished = False
