@@ -34,6 +34,7 @@ from webapp.rendering import render_markdown
 from webapp.roles import Capability, role_required, user_can
 
 MAX_PREVIEW_CHARS = 100_000
+MAX_UNANSWERED = 6  # the editor keeps the turns of at most this many unanswered autosaves
 
 
 def _may_view(user: Any, conversation: Conversation) -> bool:
@@ -170,7 +171,13 @@ def _editor_context(
 @role_required(Capability.LABEL, Capability.MANAGE_PROJECTS)
 @require_POST
 def conversation_autosave(request: HttpRequest, pk: int) -> HttpResponse:
-    """JSON in, JSON out: ``{"version": n}``; 409 with the server's copy when someone else saved."""
+    """JSON in, JSON out: ``{"version": n}``; 409 with the server's copy when someone else saved.
+
+    The editor also sends the turns of its autosaves that got no answer (``unanswered``): when
+    the stored copy holds one of them, the 409 says ``own_save`` (the server saved it and went
+    down before replying), so the editor carries on instead of showing a conflict. The server
+    compares them as it stores them: the editor cannot, as saving reformats tool-call JSON.
+    """
     conversation = _conversation(request, pk)
     if not services.may_edit(request.user, conversation):
         return JsonResponse({"error": "Only the author may edit this conversation."}, status=403)
@@ -189,6 +196,7 @@ def conversation_autosave(request: HttpRequest, pk: int) -> HttpResponse:
                 "error": str(exc),
                 "version": exc.current.version,
                 "turns": messages_to_turns(exc.current.messages),
+                "own_save": _holds_one_of(exc.current.messages, body.get("unanswered")),
             },
             status=409,
         )
@@ -197,6 +205,19 @@ def conversation_autosave(request: HttpRequest, pk: int) -> HttpResponse:
     except (KeyError, TypeError, ValueError) as exc:
         return JsonResponse({"error": f"not saved: {exc}"}, status=400)
     return JsonResponse({"version": saved.version, "saved_at": saved.updated_at.isoformat()})
+
+
+def _holds_one_of(messages: list[dict[str, Any]], candidates: Any) -> bool:
+    """Whether ``messages`` is what one of the ``candidates`` (lists of editor turns) stores as."""
+    if not isinstance(candidates, list):
+        return False
+    for turns in candidates[:MAX_UNANSWERED]:
+        try:
+            if isinstance(turns, list) and turns_to_messages(turns) == messages:
+                return True
+        except (KeyError, TypeError, ValueError):
+            continue  # a malformed candidate is simply not a match
+    return False
 
 
 def _autosave_body(request: HttpRequest) -> dict[str, Any]:

@@ -107,7 +107,9 @@
       const response = await fetch(form.dataset.autosaveUrl, {
         method: "POST",
         headers: { "Content-Type": "application/json", "X-CSRFToken": csrf },
-        body: JSON.stringify({ version: sent.version, turns: sent.turns }),
+        // The unanswered saves go along so that the server can tell its own copy of one of them
+        // (stored in its own form: tool-call JSON is reformatted) from someone else's edit.
+        body: JSON.stringify({ version: sent.version, turns: sent.turns, unanswered: unanswered.map((t) => JSON.parse(t)) }),
         credentials: "same-origin",
         redirect: "manual",
       });
@@ -122,7 +124,7 @@
         }
       } else if (response.status === 409) {
         const body = await response.json();
-        if (unanswered.includes(JSON.stringify(body.turns))) {
+        if (body.own_save || unanswered.includes(JSON.stringify(body.turns))) {
           // The newer version holds exactly what an unanswered autosave of ours sent: it is our
           // own save, not someone else's edit, so the next save builds on it at once.
           unanswered = [];

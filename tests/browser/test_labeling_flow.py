@@ -397,6 +397,25 @@ def test_submit_while_an_autosave_is_under_way_is_not_a_conflict(
     assert problems == [], problems
 
 
+def _edit_until_the_next_autosave_kills_the_server(page: Page, web_server, conversation) -> list:
+    """lena opens ``conversation`` on a fresh web server; the next autosave reaches the server,
+    which saves it and is killed (kill -9) before its answer leaves. Returns the list the
+    statuses of every autosave answer go to."""
+    web_server.start()
+    log_in(page, web_server.url, "lena")
+    page.goto(f"{web_server.url}{conversation.get_absolute_url()}")
+    answers: list[int] = []
+    page.on("response", lambda r: r.url.endswith("/autosave/") and answers.append(r.status))
+
+    def die_after_saving(route) -> None:
+        route.fetch()  # the server has the request and commits the save...
+        web_server.kill9()  # ...and is killed before its answer leaves
+        route.abort("connectionreset")
+
+    page.route("**/autosave/", die_after_saving, times=1)
+    return answers
+
+
 def test_no_draft_is_lost_when_the_web_server_dies_during_an_autosave(
     browser_page, web_server, people, project
 ):
@@ -408,11 +427,7 @@ def test_no_draft_is_lost_when_the_web_server_dies_during_an_autosave(
 
     page, problems = browser_page
     conversation = _draft_for_lena(project, people)
-    web_server.start()
-    log_in(page, web_server.url, "lena")
-    page.goto(f"{web_server.url}{conversation.get_absolute_url()}")
-    answers: list[int] = []
-    page.on("response", lambda r: r.url.endswith("/autosave/") and answers.append(r.status))
+    answers = _edit_until_the_next_autosave_kills_the_server(page, web_server, conversation)
     state = page.locator("#save-state")
     box = page.locator("#turns textarea[name=content]").nth(2)
 
@@ -420,12 +435,6 @@ def test_no_draft_is_lost_when_the_web_server_dies_during_an_autosave(
         stored = Conversation.objects.get(pk=conversation.pk)
         return stored.messages[2]["content"], stored.version
 
-    def die_after_saving(route) -> None:
-        route.fetch()  # the server has the request and commits the save...
-        web_server.kill9()  # ...and is killed before its answer leaves
-        route.abort("connectionreset")
-
-    page.route("**/autosave/", die_after_saving, times=1)
     box.click()
     page.keyboard.type("2 + 3 = 5")
     page.keyboard.press("Control+s")  # autosave now rather than at the next 4-second tick
@@ -448,4 +457,39 @@ def test_no_draft_is_lost_when_the_web_server_dies_during_an_autosave(
     page.reload()
     assert turn_texts(page)[2] == typed
     expect(page.locator("#restore-banner")).to_be_hidden()
+    assert unexpected(problems, "net::ERR_CONNECTION", "status of 409") == [], problems
+
+
+def test_a_lost_autosave_holding_a_tool_call_is_recognised_as_the_editors_own(
+    browser_page, web_server, people, project
+):
+    """As above, with a tool call typed in compact JSON: the server stores it reformatted, so
+    the editor cannot recognise its own save by comparing text. The server compares for it."""
+    from labeling.models import Conversation
+
+    page, problems = browser_page
+    conversation = _draft_for_lena(project, people)
+    answers = _edit_until_the_next_autosave_kills_the_server(page, web_server, conversation)
+    state = page.locator("#save-state")
+    call = '{"name":"calculator","arguments":{"expr":"2+3"}}'
+    page.click(".add-turns button[data-add=tool_call]")
+    page.keyboard.type(call)
+    page.keyboard.press("Control+s")
+    expect(state).to_contain_text("Offline?", timeout=10_000)
+    stored = Conversation.objects.get(pk=conversation.pk)
+    assert stored.version == conversation.version + 1
+    assert stored.messages[2]["tool_calls"][0]["function"] == json.loads(call)
+
+    page.keyboard.press("Alt+Shift+R")  # a tool result turn, focused
+    page.keyboard.type("5")
+    page.keyboard.press("Control+s")
+    expect(state).to_contain_text("Offline?", timeout=10_000)
+
+    web_server.start()
+    expect(state).to_have_text(SAVED, timeout=15_000)
+    assert answers == [409, 200]
+    expect(page.locator("#conflict-banner")).to_be_hidden()
+    stored = Conversation.objects.get(pk=conversation.pk)
+    assert stored.version == conversation.version + 2
+    assert stored.messages[-1] == {"role": "tool", "content": "5"}
     assert unexpected(problems, "net::ERR_CONNECTION", "status of 409") == [], problems

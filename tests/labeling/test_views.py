@@ -168,6 +168,43 @@ def test_tool_call_turns_round_trip(client_for: Any, project: Any, people: dict)
     assert response.status_code == 400 and "tool call is JSON" in response.content.decode()
 
 
+def test_a_stale_autosave_names_its_own_unanswered_save(
+    client_for: Any, project: Any, people: dict
+) -> None:
+    """The server saved an autosave holding a tool call, then died before replying; the editor's
+    next save still carries the old version. The server, which stores tool-call JSON in its own
+    form, tells the editor the newer copy is its own."""
+    conversation = services.conversation_create(project=project, user=people["lena"], messages=[])
+    lena = client_for("lena")
+    url = f"/labeling/conversations/{conversation.pk}/autosave/"
+    lost = [
+        {"role": "user", "content": "What is 12345 * 6789?"},
+        {
+            "role": "tool_call",
+            "content": '{ "name":"calculator",\n "arguments": {"expr": "12345*6789"} }',
+        },
+    ]
+    landed = lena.post(
+        url, json.dumps({"version": conversation.version, "turns": lost}), "application/json"
+    )
+    assert landed.status_code == 200  # its reply is the one the browser never got
+    typed_on = [*lost, {"role": "tool", "content": "83810205"}]
+
+    def save(unanswered: list) -> Any:
+        body = {"version": conversation.version, "turns": typed_on, "unanswered": unanswered}
+        return lena.post(url, json.dumps(body), "application/json")
+
+    own = save([[{"role": "user", "content": "older"}], lost])
+    assert own.status_code == 409 and own.json()["own_save"] is True
+    assert own.json()["turns"][1]["content"] != lost[1]["content"]  # reformatted when stored
+    assert own.json()["version"] == landed.json()["version"]
+    for unanswered in ([typed_on], [], "not a list", [[{"role": "tool_call", "content": "bad"}]]):
+        other = save(unanswered)
+        assert other.status_code == 409 and other.json()["own_save"] is False
+    conversation.refresh_from_db()
+    assert conversation.version == landed.json()["version"]  # a 409 never writes
+
+
 def test_markdown_preview_is_sanitised(client_for: Any, people: dict) -> None:
     html = (
         client_for("lena")
