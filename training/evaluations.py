@@ -5,7 +5,7 @@ inputs provide, so every checkpoint arrives with comparable figures (see
 
 - pretraining: validation loss and bits per byte on the held-out documents of its corpus;
 - SFT: held-out SFT loss, the share of replies that end their turn, and the win rate against its
-  base judged by the newest reward model, when there is one;
+  base judged by a reward model, when there is one (see :func:`judge_for`);
 - reward model: held-out pairwise accuracy on its preference snapshots;
 - PPO: the win rate against its starting policy, judged by the independent monitor reward model
   when the run had one (the reward model it was optimised against can be gamed), on its prompts;
@@ -26,6 +26,7 @@ from typing import Any
 from django.conf import settings
 
 from training.models import Artifact, ArtifactKind, Run, RunStatus
+from training.selectors import lineage
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +120,7 @@ def follow_up_inputs(run: Run, output: Artifact) -> tuple[dict[str, list[int]], 
         config["text_hold_out_every"] = max(1, round(1 / fraction))
     elif run.kind == "sft":
         inputs["conversations"] = list(given.get("datasets", []))
-        _add_win_rate(inputs, baseline=given.get("base"), judge=newest_reward_model(output))
+        _add_win_rate(inputs, baseline=given.get("base"), judge=judge_for(output))
     elif run.kind == "reward":
         inputs["preferences"] = list(given.get("datasets", []))
     elif run.kind == "ppo":
@@ -128,7 +129,7 @@ def follow_up_inputs(run: Run, output: Artifact) -> tuple[dict[str, list[int]], 
         _add_win_rate(inputs, baseline=given.get("policy"), judge=judge)
     elif run.kind == "grpo":
         inputs["problems"] = list(given.get("problems", []))
-        _add_win_rate(inputs, baseline=given.get("base"), judge=newest_reward_model(output))
+        _add_win_rate(inputs, baseline=given.get("base"), judge=judge_for(output))
     measurable = set(inputs) - {"checkpoints"}
     return (inputs, config) if measurable and any(inputs[k] for k in measurable) else None
 
@@ -140,15 +141,31 @@ def _add_win_rate(inputs: dict[str, list[int]], *, baseline: Any, judge: int | N
         inputs["baseline"] = baseline_ids[:1]
 
 
-def newest_reward_model(exclude: Artifact | None = None) -> int | None:
-    """The newest checkpoint a reward run made: the team's current judge of replies."""
-    candidates = Artifact.objects.filter(
-        kind=ArtifactKind.CHECKPOINT, run__kind="reward", run__status=RunStatus.SUCCEEDED
+JUDGE_CANDIDATES = 50  # the newest reward models looked at for one of the same family
+
+
+def judge_for(output: Artifact) -> int | None:
+    """The reward model that judges ``output``'s replies: the newest one of its family (sharing
+    a tokenizer or an ancestor checkpoint with it), else the newest there is.
+
+    An installation may hold several teams' models; a reward model trained on the same line of
+    checkpoints learned the preferences that line is being taught.
+    """
+    candidates = list(
+        Artifact.objects.filter(
+            kind=ArtifactKind.CHECKPOINT, run__kind="reward", run__status=RunStatus.SUCCEEDED
+        )
+        .exclude(pk=output.pk)
+        .order_by("-created_at", "-pk")[:JUDGE_CANDIDATES]
     )
-    if exclude is not None:
-        candidates = candidates.exclude(pk=exclude.pk)
-    newest = candidates.order_by("-created_at", "-pk").first()
-    return newest.pk if newest else None
+    family = _family([output, *lineage(output)])
+    related = (c for c in candidates if family & _family([c, *lineage(c)]))
+    chosen = next(related, None) or (candidates[0] if candidates else None)
+    return chosen.pk if chosen else None
+
+
+def _family(artifacts: list[Artifact]) -> set[int]:
+    return {a.pk for a in artifacts if a.kind in (ArtifactKind.CHECKPOINT, ArtifactKind.TOKENIZER)}
 
 
 def evaluations_of(artifact: Artifact) -> list[Run]:

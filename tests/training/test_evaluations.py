@@ -130,6 +130,39 @@ def test_each_stage_is_evaluated_on_its_own_held_out_data(people) -> None:
     assert evaluations.launch_follow_up(evaluate) is None  # evaluations are not evaluated
 
 
+def test_the_judge_is_a_reward_model_of_the_same_family_when_there_is_one(people) -> None:
+    """Two teams' lines of models: a GRPO checkpoint of line A is judged by line A's reward
+    model, though line B's is newer; with no relative, the newest reward model judges."""
+
+    def checkpoint(name: str, *parents: Artifact, kind: str = "checkpoint") -> Artifact:
+        artifact = Artifact.objects.create(kind=kind, name=name, path="", created_by=people["tom"])
+        artifact.parents.set(parents)
+        return artifact
+
+    def reward_model(base: Artifact) -> Artifact:
+        run = make_run("reward", people, {"base": [base.pk], "datasets": [21]})
+        artifact = output_of(run, people)
+        artifact.parents.set([base])
+        return artifact
+
+    tokenizer_a = checkpoint("tokenizer a", kind="tokenizer")
+    base_a = checkpoint("pretrained a", tokenizer_a)
+    sft_a = checkpoint("sft a", base_a)
+    judge_a = reward_model(sft_a)
+    base_b = checkpoint("pretrained b", checkpoint("tokenizer b", kind="tokenizer"))
+    judge_b = reward_model(base_b)  # the newest reward model of all
+
+    grpo = make_run("grpo", people, {"base": [sft_a.pk], "problems": [7]})
+    out = output_of(grpo, people)
+    out.parents.set([sft_a])
+    inputs, _config = evaluations.follow_up_inputs(grpo, out)
+    assert inputs["judge"] == [judge_a.pk]
+
+    stranger = output_of(make_run("sft", people, {"base": [99]}), people)  # no recorded lineage
+    assert evaluations.judge_for(stranger) == judge_b.pk
+    assert evaluations.judge_for(judge_b) == judge_a.pk  # never its own judge
+
+
 def test_automatic_evaluation_can_be_turned_off(settings, people) -> None:
     reward = make_run("reward", people, {"base": [1], "datasets": [21]})
     output_of(reward, people)
