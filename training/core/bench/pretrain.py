@@ -21,13 +21,14 @@ to trust on a busy machine. MFU is model FLOPs per second
 (:func:`training.core.model.flops_per_token` times tokens per second) over the best
 large-matmul throughput measured in the same run, in the dtype each side computes in.
 
-``matmul_ceiling`` bounds what any implementation of the same arithmetic can reach here: every
-matrix product of one training step (forward and backward, at this shape), timed alone, best of
-several repetitions, summed; nothing else (norms, softmax, optimizer, memory traffic between
-them) is counted. Its tokens per second over the reference's is the largest speedup a step
-computing these products can have on this machine; ``orchard_share`` is how much of the ceiling
-Orchard's step reaches. Small matrices run below the large-matmul peak, so this ceiling, not
-the peak, is what limits a model of this size.
+``matmul_ceiling``: every matrix product of one training step as the model's layers define
+them (separate q, k, v, o, gate, up and down projections, attention per head, the output head;
+forward and backward), each timed alone, best of several repetitions, summed. Nothing else
+(norms, softmax, the optimizer, memory traffic between them) is counted. Its tokens per second
+over the reference's is the largest speedup a step computing these same products can have on
+this machine; ``orchard_share`` is how much of it Orchard's step reaches. Small matrices run
+below the large-matmul peak, so at this size this ceiling, not the peak, is the limit; only
+computing the products in other shapes (joining projections into larger ones) could pass it.
 """
 
 from __future__ import annotations
