@@ -480,7 +480,7 @@ def test_a_lost_autosave_holding_a_tool_call_is_recognised_as_the_editors_own(
     assert stored.version == conversation.version + 1
     assert stored.messages[2]["tool_calls"][0]["function"] == json.loads(call)
 
-    page.keyboard.press("Alt+Shift+R")  # a tool result turn, focused
+    page.click(".add-turns button[data-add=tool]")  # a tool result turn, focused
     page.keyboard.type("5")
     page.keyboard.press("Control+s")
     expect(state).to_contain_text("Offline?", timeout=10_000)
@@ -493,3 +493,27 @@ def test_a_lost_autosave_holding_a_tool_call_is_recognised_as_the_editors_own(
     assert stored.version == conversation.version + 2
     assert stored.messages[-1] == {"role": "tool", "content": "5"}
     assert unexpected(problems, "net::ERR_CONNECTION", "status of 409") == [], problems
+
+
+def test_buttons_stay_put_while_the_save_state_changes(browser_page, live_server, people, project):
+    """Scrolled to the bottom with "Offline?" showing, a click on an add button blurs the text
+    being typed, which sets the state to "Unsaved changes": the page must not change height
+    then, or the button moves away between the press and the release and the click is lost."""
+    page, problems = browser_page
+    conversation = _draft_for_lena(project, people)
+    log_in(page, live_server.url, "lena")
+    page.goto(f"{live_server.url}{conversation.get_absolute_url()}")
+    page.route("**/autosave/", lambda route: route.abort("connectionrefused"))
+    turns = page.locator("#turns fieldset.turn")
+    page.locator("#turns textarea[name=content]").nth(2).fill("Five.")
+    page.keyboard.press("Control+s")
+    state = page.locator("#save-state")
+    expect(state).to_contain_text("Offline?")
+    page.evaluate("window.scrollTo(0, document.body.scrollHeight)")
+    offline_height = state.bounding_box()["height"]
+    page.click(".add-turns button[data-add=tool]")
+    expect(turns).to_have_count(4)
+    expect(turns.nth(3).locator("select[name=role]")).to_have_value("tool")
+    expect(state).to_have_text("Unsaved changes")
+    assert state.bounding_box()["height"] == offline_height
+    assert unexpected(problems, "net::ERR_CONNECTION_REFUSED") == [], problems
