@@ -26,13 +26,14 @@ from django.http import (
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from training import chat, inference
+from training import chat, inference, sampling_fields
 from training.models import Artifact, ChatMessage, ChatSession, generative_checkpoints
 from webapp.limits import generation_limit
 from webapp.rendering import render_markdown
 from webapp.roles import Capability, role_required
 
 MAX_MESSAGE_CHARS = 20_000
+SAMPLING = ("temperature", "top_p", "max_new_tokens")
 
 
 def chat_checkpoints() -> Any:
@@ -50,13 +51,11 @@ class SessionForm(forms.ModelForm):
         super().__init__(*args, **kwargs)
         self.fields["checkpoint"].queryset = chat_checkpoints()
         self.fields["checkpoint"].required = True
-        self.fields["temperature"].min_value = 0.0
-        self.fields["temperature"].max_value = 2.0
-        self.fields["top_p"].min_value = 0.01
-        self.fields["top_p"].max_value = 1.0
-        self.fields["max_new_tokens"].min_value = 1
-        self.fields["max_new_tokens"].max_value = settings.ORCHARD_MAX_NEW_TOKENS
-        self.fields["max_new_tokens"].help_text = f"at most {settings.ORCHARD_MAX_NEW_TOKENS}"
+        # Form fields with bounds (the model's fields have none), defaults from the model.
+        defaults = {name: ChatSession._meta.get_field(name).default for name in SAMPLING}
+        self.fields["temperature"] = sampling_fields.temperature(defaults["temperature"])
+        self.fields["top_p"] = sampling_fields.top_p(defaults["top_p"])
+        self.fields["max_new_tokens"] = sampling_fields.max_new_tokens(defaults["max_new_tokens"])
 
 
 def _own_session(request: HttpRequest, pk: int) -> ChatSession:

@@ -10,12 +10,11 @@ from __future__ import annotations
 from typing import Any
 
 from django import forms
-from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_http_methods
 
-from training import inference
+from training import inference, sampling_fields
 from training.models import Artifact, ArtifactKind
 from webapp.limits import generation_limit
 from webapp.roles import Capability, role_required
@@ -33,17 +32,14 @@ class CompareForm(forms.Form):
         initial=DEFAULT_PROMPTS,
         help_text=f"One user message per line, at most {MAX_PROMPTS}.",
     )
-    temperature = forms.FloatField(min_value=0, max_value=2, initial=0, help_text="0 = greedy")
+    temperature = sampling_fields.temperature(0)
     seed = forms.IntegerField(min_value=0, initial=0)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         checkpoints = Artifact.objects.filter(kind=ArtifactKind.CHECKPOINT)
         self.fields["a"].queryset = self.fields["b"].queryset = checkpoints
-        cap = settings.ORCHARD_MAX_NEW_TOKENS
-        self.fields["max_new_tokens"] = forms.IntegerField(
-            min_value=1, max_value=cap, initial=min(96, cap)
-        )
+        self.fields["max_new_tokens"] = sampling_fields.max_new_tokens(96)
 
     def clean_prompts(self) -> list[str]:
         prompts = [p.strip() for p in self.cleaned_data["prompts"].splitlines() if p.strip()]

@@ -13,12 +13,11 @@ from collections.abc import Iterator
 from typing import Any
 
 from django import forms
-from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_http_methods, require_POST
 
-from training import inference
+from training import inference, sampling_fields
 from training.models import Artifact, ArtifactKind
 from webapp.limits import generation_limit
 from webapp.roles import Capability, role_required
@@ -35,9 +34,9 @@ class PlaygroundForm(forms.Form):
         widget=forms.Textarea(attrs={"rows": 4}),
         initial="Once upon a time",
     )
-    temperature = forms.FloatField(min_value=0, max_value=5, initial=0.8, help_text="0 = greedy")
+    temperature = sampling_fields.temperature(0.8, most=sampling_fields.ENGINE_TEMPERATURE_MAX)
     top_k = forms.IntegerField(min_value=0, max_value=100_000, initial=0, help_text="0 = off")
-    top_p = forms.FloatField(min_value=0.01, max_value=1, initial=1.0, help_text="1 = off")
+    top_p = sampling_fields.top_p()
     seed = forms.IntegerField(min_value=0, required=False, help_text="blank = random")
     n = forms.IntegerField(min_value=1, max_value=8, initial=3, label="Samples")
     chat = forms.BooleanField(
@@ -50,10 +49,7 @@ class PlaygroundForm(forms.Form):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.fields["checkpoint"].queryset = Artifact.objects.filter(kind=ArtifactKind.CHECKPOINT)
-        cap = settings.ORCHARD_MAX_NEW_TOKENS  # the server's limit, whatever the client sends
-        self.fields["max_new_tokens"] = forms.IntegerField(
-            min_value=1, max_value=cap, initial=min(64, cap), help_text=f"at most {cap}"
-        )
+        self.fields["max_new_tokens"] = sampling_fields.max_new_tokens(64)
 
     def prompt_text(self) -> str:
         """The text the model continues: the prompt itself, or a chat turn awaiting a reply."""

@@ -183,3 +183,37 @@ def test_a_chat_with_tools_on_replies_through_the_tool_loop(client_for, session)
     assert events[-1][0] == "done"
     reply = ChatMessage.objects.get(pk=events[-1][1]["message"])
     assert reply.role in ("assistant", "tool") and reply.checkpoint_id == session.checkpoint_id
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("temperature", 50), ("temperature", -1), ("top_p", 7), ("top_p", 0), ("max_new_tokens", 0)],
+)
+def test_sampling_settings_outside_the_engines_bounds_are_refused(
+    client_for, session, field, value
+) -> None:
+    """On a new session and in a session's settings: a clear error, and nothing saved that the
+    engine would refuse at the next reply."""
+    lena = client_for("lena")
+    good = {"checkpoint": session.checkpoint_id, "system_prompt": "", "temperature": 0.7,
+            "top_p": 0.9, "max_new_tokens": 8}  # fmt: skip
+    new = lena.post("/chat/", {**good, field: value})
+    assert new.status_code == 200 and ChatSession.objects.count() == 1
+    assert "Ensure this value is" in new.content.decode()
+    page = lena.post(f"/chat/{session.pk}/settings/", {**good, field: value}, follow=True)
+    assert f"{field}: Ensure this value is" in page.content.decode()
+    session.refresh_from_db()
+    assert (session.temperature, session.top_p, session.max_new_tokens) == (0, 1, 8)
+    assert lena.post(f"/chat/{session.pk}/settings/", good).status_code == 302
+    session.refresh_from_db()
+    assert (session.temperature, session.top_p) == (0.7, 0.9)
+
+
+def test_the_new_session_form_offers_the_models_defaults(client_for, tiny_checkpoint) -> None:
+    page = client_for("lena").get("/chat/").content.decode()
+    defaults = {
+        name: ChatSession._meta.get_field(name).default for name in ("temperature", "top_p")
+    }
+    assert f'name="temperature" value="{defaults["temperature"]}"' in page
+    assert f'name="top_p" value="{defaults["top_p"]}"' in page
+    assert 'name="max_new_tokens"' in page and 'max="' in page
