@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 from typing import Any
 
 from training.models import Artifact, ArtifactKind
@@ -36,20 +35,8 @@ def pretrain_estimate(config: dict[str, Any], inputs: dict[str, list[int]]) -> l
     vocab, chars_per_token = _tokenizer_facts(inputs.get("tokenizer", []))
     context = int(config.get("context_length") or 256)
     batch = int(config.get("batch_size") or 16) * int(config.get("grad_accum_steps") or 1)
-    shape = SimpleNamespace(
-        vocab_size=vocab or DEFAULT_VOCAB,
-        hidden_size=preset.hidden_size,
-        num_hidden_layers=preset.num_layers,
-        num_attention_heads=preset.num_heads,
-        num_key_value_heads=preset.num_heads,
-        head_dim=preset.head_dim,
-        intermediate_size=preset.intermediate_size,
-        tie_word_embeddings=True,
-        attention_bias=False,
-        mlp_bias=False,
-        max_position_embeddings=context,
-    )
-    processes = max(0, int(config.get("processes") if config.get("processes") is not None else 1))
+    shape = preset.config_shape(vocab or DEFAULT_VOCAB, context)
+    processes = max(0, int(config.get("processes", 1)))
     micro_batch = int(config.get("batch_size") or 16)
     # Data parallelism: every process holds the whole model, its optimizer state and gradients,
     # but only its share of each micro-batch's activations.

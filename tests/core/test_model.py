@@ -173,3 +173,12 @@ def test_config_modules_import_without_torch() -> None:
     assert done.returncode == 0, done.stderr
     heavy = {"torch", "transformers", "numpy", "tokenizers"}
     assert [m for m in json.loads(done.stdout) if m.split(".")[0] in heavy] == []
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_a_presets_config_shape_sizes_like_the_config_it_builds(preset: str) -> None:
+    built = build_config(preset, 4096, 256, bos_token_id=0, eos_token_id=0, pad_token_id=1)
+    shape = PRESETS[preset].config_shape(4096, 256)
+    assert count_parameters(shape) == count_parameters(built)
+    assert flops_per_token(shape) == flops_per_token(built)
+    assert training_memory(shape, batch_size=4) == training_memory(built, batch_size=4)

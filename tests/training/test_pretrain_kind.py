@@ -45,27 +45,11 @@ def test_the_memory_estimate_is_per_gpu_when_training_on_several(client_for, cor
     assert "visible GPU" in all_label and all_gpus == one  # the worker counts its GPUs later
     # Each of 4 processes keeps the whole model and optimizer but a quarter of the activations.
     assert 0 < four < one
-    from types import SimpleNamespace
-
     from training.core.model import get_preset, training_memory
-
-    preset = get_preset("small")
     from training.core.token_view import load_tokenizer
 
     vocab = load_tokenizer(tokenizer.abspath()).get_vocab_size()
-    shape_ns = SimpleNamespace(
-        vocab_size=vocab,
-        hidden_size=preset.hidden_size,
-        num_hidden_layers=preset.num_layers,
-        num_attention_heads=preset.num_heads,
-        num_key_value_heads=preset.num_heads,
-        head_dim=preset.head_dim,
-        intermediate_size=preset.intermediate_size,
-        tie_word_embeddings=True,
-        attention_bias=False,
-        mlp_bias=False,
-        max_position_embeddings=256,
-    )
+    shape_ns = get_preset("small").config_shape(vocab, 256)
     expected = training_memory(shape_ns, batch_size=8, context_length=256)["total"] / 2**30
     assert four == pytest.approx(expected, abs=0.005)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
@@ -40,6 +41,23 @@ class Preset:
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_heads
+
+    def config_shape(self, vocab_size: int, context_length: int) -> SimpleNamespace:
+        """What the size formulas read of this preset's config as :func:`build_config` makes
+        it, without transformers (the web process estimates sizes with it)."""
+        return SimpleNamespace(
+            vocab_size=vocab_size,
+            hidden_size=self.hidden_size,
+            num_hidden_layers=self.num_layers,
+            num_attention_heads=self.num_heads,
+            num_key_value_heads=self.num_heads,
+            head_dim=self.head_dim,
+            intermediate_size=self.intermediate_size,
+            tie_word_embeddings=True,
+            attention_bias=False,
+            mlp_bias=False,
+            max_position_embeddings=context_length,
+        )
 
 
 # Parameter counts in the descriptions assume the vocabulary named there; build_config sizes the
