@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 import pytest
 from pydantic import ValidationError
 
+from tests.support.precision import auto_dtype_on_cpu
 from training.core import ppo
 from training.core.checkpoints import COMPLETE, latest_complete
 from training.core.ppo import (
@@ -231,7 +232,7 @@ def test_result_samples_and_monitor_without_an_independent_model(trained: Traine
     assert result["reward_last"] is not None and result["reward_first"] is not None
     assert math.isfinite(result["kl_last"])
     assert result["best_step"] is None and result["divergence_step"] is None
-    assert result["device"] == "cpu" and result["dtype"] == "fp32"
+    assert result["device"] == "cpu" and result["dtype"] == auto_dtype_on_cpu()
     assert [p["step"] for p in result["monitor"]["points"]] == [0, 8, 16, 24]
     assert result["monitor"]["source"] == "validation" and result["monitor"]["prompts"] == 4
     monitor_steps = [s for v, s in trained.reporter.metric_calls if "monitor/train_rm" in v]

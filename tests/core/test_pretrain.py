@@ -17,6 +17,7 @@ import pytest
 from pydantic import ValidationError
 
 from tests.support.data import SHARED_DATA
+from tests.support.precision import auto_dtype_on_cpu
 from training.core.checkpoints import COMPLETE, list_complete
 from training.core.corpus import CorpusError
 from training.core.pretrain import PretrainConfig, learning_rate_at, run
@@ -222,7 +223,7 @@ def test_result_describes_the_run(trained: Trained) -> None:
     assert result["tokens_seen"] == 40 * 8 * 64
     assert result["parameters"] == 4 * (4 * 128 * 128 + 3 * 128 * 384 + 2 * 128) + 128 + VOCAB * 128
     assert result["tokens_per_parameter"] == pytest.approx(40 * 8 * 64 / result["parameters"])
-    assert (result["device"], result["dtype"]) == ("cpu", "fp32")
+    assert (result["device"], result["dtype"]) == ("cpu", auto_dtype_on_cpu())
     assert result["final_loss"] == trained.reporter.metric_calls[-2][0]["loss"]
     assert result["train_tokens"] > 20 * result["val_tokens"] > 0
 
@@ -423,6 +424,57 @@ def test_bf16_autocast_and_gradient_accumulation(
 # ----------------------------------------------------------------------- device and the shell
 
 
+def test_bf16_trains_as_well_as_fp32(tmp_path: Path, corpus: Path, tokenizer: Path) -> None:
+    """bf16 autocast only lowers the precision of matmul inputs: the same run in each precision
+    ends at about the same loss (what "auto" choosing bf16 on some CPUs relies on)."""
+    losses = {}
+    for dtype in ("fp32", "bf16"):
+        cfg = PretrainConfig(
+            **{**FAST, "max_steps": 60, "log_every": 60, "dtype": dtype, "val_fraction": 0.0}
+        )
+        result = run(cfg, inputs(corpus, tokenizer), tmp_path / dtype, RecordingReporter())
+        assert result["dtype"] == dtype
+        losses[dtype] = result["final_loss"]
+    assert losses["fp32"] < math.log(VOCAB) - 0.6  # both learned something...
+    assert losses["bf16"] == pytest.approx(losses["fp32"], rel=0.01)  # ...and the same amount
+
+
+@pytest.mark.parametrize(
+    ("flags", "oneDNN", "expected"),
+    [
+        ("fpu sse avx2 avx512f avx512bw avx512_bf16", True, "bf16"),  # Zen 4 and newer
+        ("fpu sse avx2 avx512f amx_bf16 amx_tile", True, "bf16"),  # Sapphire Rapids and newer
+        ("fpu sse avx2 avx512f avx512bw avx512_vnni", True, "fp32"),  # AVX-512: bf16 emulated
+        ("fpu sse avx2", False, "fp32"),
+        ("fpu sse avx2 avx512_bf16", False, "fp32"),  # a torch build without oneDNN bf16
+    ],
+)
+def test_auto_precision_on_a_cpu_follows_its_bf16_instructions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flags: str, oneDNN: bool, expected: str
+) -> None:
+    import torch
+
+    from training.core import device as device_module
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: {flags}\n\n")
+    monkeypatch.setattr(
+        device_module, "_cpu_flags", lambda: device_module._read_cpu_flags(str(cpuinfo))
+    )
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: oneDNN)
+    cpu = torch.device("cpu")
+    assert device_module.dtype_name(device_module.autocast_dtype(cpu, "auto")) == expected
+    assert device_module.autocast_dtype(cpu, "fp32") is None  # asking decides, whatever the CPU
+    assert device_module.autocast_dtype(cpu, "bf16") is torch.bfloat16
+    assert device_module.describe_device(cpu)["bf16_matmul"] is (expected == "bf16")
+
+
+def test_cpu_flags_where_there_is_no_cpuinfo(tmp_path: Path) -> None:
+    from training.core.device import _read_cpu_flags
+
+    assert _read_cpu_flags(str(tmp_path / "missing")) == frozenset()
+
+
 def test_device_choice_on_this_machine() -> None:
     import torch
 
@@ -430,7 +482,8 @@ def test_device_choice_on_this_machine() -> None:
 
     cpu = pick_device("cpu")
     assert cpu.type == "cpu"
-    assert autocast_dtype(cpu, "auto") is None  # CPUs train in fp32 unless asked
+    native = describe_device(cpu)["bf16_matmul"]
+    assert autocast_dtype(cpu, "auto") is (torch.bfloat16 if native else None)
     assert autocast_dtype(cpu, "fp32") is None
     assert autocast_dtype(cpu, "bf16") is torch.bfloat16
     if not torch.cuda.is_available():
@@ -474,11 +527,21 @@ def test_pretrain_runs_from_the_shell(tmp_path: Path, corpus: Path, tokenizer: P
     assert (tmp_path / "out" / "orchard.json").is_file()
 
 
-def test_benchmark_quick_path_runs() -> None:
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_benchmark_quick_path_runs(dtype: str) -> None:
     from training.core.bench.pretrain import main
 
-    report = main(["--quick", "--batch-size", "2", "--context", "32", "--vocab", "512"])
+    shape = ["--batch-size", "2", "--context", "32", "--vocab", "512"]
+    report = main(["--quick", "--dtype", dtype, *shape])
     json.dumps(report)
+    assert report["orchard"]["dtype"] == report["matmul_ceiling"]["dtype"] == dtype
+    # In bf16 the same step is also timed in fp32, to tell the step's gain from bf16's.
+    assert ("orchard_in_fp32" in report) is (dtype == "bf16")
+    if dtype == "bf16":
+        in_fp32 = report["orchard_in_fp32"]
+        assert in_fp32["speedup"] == pytest.approx(
+            in_fp32["tokens_per_sec"] / report["reference"]["tokens_per_sec"], rel=1e-2
+        )
     assert report["quick"] and report["shape"]["tokens_per_step"] == 64
     assert report["reference"]["tokens_per_sec"] > 0 and report["orchard"]["tokens_per_sec"] > 0
     assert report["speedup"] > 0

@@ -84,6 +84,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from training.core.checkers import CheckResult, check, has_answer_marker
 from training.core.checkpoints import read_complete
+from training.core.device import DevicePreference, DtypePreference, device_field, dtype_field
 from training.core.problems import read_problems
 from training.core.reporting import Cancelled, Reporter
 from training.core.trl_common import (
@@ -268,16 +269,8 @@ class GRPOConfig(BaseModel):
     seed: int = Field(
         1337, ge=0, le=2**31 - 1, description="Seed for the problem order and the sampling."
     )
-    device: Literal["auto", "cpu", "cuda", "mps"] = Field(
-        "auto", description="Where to train: auto prefers a CUDA GPU, then Apple MPS, then CPU."
-    )
-    dtype: Literal["auto", "fp32", "bf16"] = Field(
-        "auto",
-        description=(
-            "Compute precision: auto uses bf16 autocast on GPUs that support it and fp32 "
-            "elsewhere; weights stay fp32."
-        ),
-    )
+    device: DevicePreference = device_field()
+    dtype: DtypePreference = dtype_field()
 
     @model_validator(mode="after")
     def _consistent(self) -> GRPOConfig:

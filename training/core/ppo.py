@@ -127,6 +127,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from training.core.checkpoints import Checkpoint, latest_complete, prune, save_checkpoint
+from training.core.device import DevicePreference, DtypePreference, device_field, dtype_field
 from training.core.reporting import Reporter
 
 if TYPE_CHECKING:  # torch and transformers load only inside run(), never for the config
@@ -294,16 +295,8 @@ class PPOConfig(BaseModel):
         le=2**31 - 1,
         description="Seed for the rollouts, the prompt order and the minibatch order.",
     )
-    device: Literal["auto", "cpu", "cuda", "mps"] = Field(
-        "auto", description="Where to train: auto prefers a CUDA GPU, then Apple MPS, then CPU."
-    )
-    dtype: Literal["auto", "fp32", "bf16"] = Field(
-        "auto",
-        description=(
-            "Compute precision: auto uses bf16 autocast on GPUs that support it and fp32 "
-            "elsewhere; weights stay fp32."
-        ),
-    )
+    device: DevicePreference = device_field()
+    dtype: DtypePreference = dtype_field()
 
     @model_validator(mode="after")
     def _consistent(self) -> PPOConfig:

@@ -76,13 +76,14 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from training.core.checkpoints import Checkpoint, latest_complete, prune, save_checkpoint
 from training.core.corpus import END_OF_TEXT, CorpusError, corpus_format, iter_documents
+from training.core.device import DevicePreference, DtypePreference, device_field, dtype_field
 from training.core.distributed import (
     QuietReporter,
     RankGroup,
@@ -227,13 +228,7 @@ class PretrainConfig(BaseModel):
         le=2**31 - 1,
         description="Seed for the initial weights, the batch order and the samples.",
     )
-    dtype: Literal["auto", "fp32", "bf16"] = Field(
-        "auto",
-        description=(
-            "Compute precision: auto uses bf16 autocast on GPUs that support it and fp32 "
-            "elsewhere; bf16 on a CPU pays off only with AMX or AVX512-BF16."
-        ),
-    )
+    dtype: DtypePreference = dtype_field()
     compile: bool = Field(
         False,
         description=(
@@ -241,9 +236,7 @@ class PretrainConfig(BaseModel):
             "(tens of seconds)."
         ),
     )
-    device: Literal["auto", "cpu", "cuda", "mps"] = Field(
-        "auto", description="Where to train: auto prefers a CUDA GPU, then Apple MPS, then CPU."
-    )
+    device: DevicePreference = device_field()
     processes: int = Field(
         1,
         ge=0,

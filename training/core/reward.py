@@ -83,6 +83,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from training.core.device import DevicePreference, DtypePreference, device_field, dtype_field
 from training.core.reporting import Cancelled, Reporter
 from training.core.trl_common import (
     StageRun,
@@ -263,16 +264,8 @@ class RewardConfig(BaseModel):
             "Seed for the new score head, the adapter, the data order and the validation split."
         ),
     )
-    device: Literal["auto", "cpu", "cuda", "mps"] = Field(
-        "auto", description="Where to train: auto prefers a CUDA GPU, then Apple MPS, then CPU."
-    )
-    dtype: Literal["auto", "fp32", "bf16"] = Field(
-        "auto",
-        description=(
-            "Compute precision: auto uses bf16 autocast on GPUs that support it and fp32 "
-            "elsewhere; weights stay fp32."
-        ),
-    )
+    device: DevicePreference = device_field()
+    dtype: DtypePreference = dtype_field()
 
     def peak_learning_rate(self) -> float:
         return self.learning_rate or DEFAULT_LEARNING_RATE[self.method]

@@ -90,6 +90,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
+from training.core.device import DevicePreference, DtypePreference, device_field, dtype_field
 from training.core.reporting import Cancelled, Reporter
 from training.core.trl_common import (
     StageRun,
@@ -284,16 +285,8 @@ class SFTConfig(BaseModel):
         le=2**31 - 1,
         description="Seed for the adapter's initial weights, the data order and the mixing.",
     )
-    device: Literal["auto", "cpu", "cuda", "mps"] = Field(
-        "auto", description="Where to train: auto prefers a CUDA GPU, then Apple MPS, then CPU."
-    )
-    dtype: Literal["auto", "fp32", "bf16"] = Field(
-        "auto",
-        description=(
-            "Compute precision: auto uses bf16 autocast on GPUs that support it and fp32 "
-            "elsewhere; weights stay fp32."
-        ),
-    )
+    device: DevicePreference = device_field()
+    dtype: DtypePreference = dtype_field()
 
     @model_validator(mode="after")
     def _consistent(self) -> SFTConfig:

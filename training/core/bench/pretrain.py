@@ -9,15 +9,17 @@ context 256, batch 16, vocabulary 4096), from the same initial weights, on the s
 - reference: ``model(input_ids=x, labels=x).loss``, ``backward``, ``torch.optim.AdamW`` with its
   defaults, fp32, eager, transformers' default attention (SDPA);
 - Orchard: :func:`training.core.pretrain.make_train_step`, the step the ``pretrain`` stage runs:
-  fused AdamW, gradient clipping, the loss computed from the backbone and head directly, bf16
-  autocast when this machine's bf16 matmuls are clearly faster than fp32 ones (measured here),
-  ``torch.compile`` unless ``--no-compile`` or ``--quick``, and the attention implementation
-  :func:`~training.core.pretrain.choose_attention` picks.
+  fused AdamW, gradient clipping, the loss computed from the backbone and head directly, the
+  precision :func:`training.core.device.autocast_dtype` picks (bf16 autocast on a CPU with native
+  bf16 matmuls, fp32 on others), ``torch.compile`` unless ``--no-compile`` or ``--quick``, and
+  the attention implementation :func:`~training.core.pretrain.choose_attention` picks.
 
 The two alternate in rounds, so load from other processes hits both alike. Tokens per second
 are the best round of each side (other processes can only slow a round down), ``speedup`` their
 ratio; ``speedup_median_of_rounds`` is the median of the ratios of adjacent rounds, the figure
-to trust on a busy machine. MFU is model FLOPs per second
+to trust on a busy machine. When Orchard computes in bf16, ``orchard_in_fp32`` times the same
+step in fp32 in the same rounds: how much of the speedup the step brings and how much the
+precision does. MFU is model FLOPs per second
 (:func:`training.core.model.flops_per_token` times tokens per second) over the best
 large-matmul throughput measured in the same run, in the dtype each side computes in.
 
@@ -42,7 +44,6 @@ if TYPE_CHECKING:
     import torch
 
 GOALS = {"speedup": 1.9, "mfu": 0.60}
-BF16_MIN_GAIN = 1.5  # use bf16 autocast only if its matmul peak beats fp32's by this much
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -67,27 +68,36 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     import torch
 
-    from training.core.device import describe_device, dtype_name
+    from training.core.device import autocast_dtype, describe_device, dtype_name
     from training.core.model import flops_per_token
 
     args = parse_args(list(argv or []))
     started = time.perf_counter()
     device = torch.device("cpu")
     peaks = {name: matmul_peak_gflops(dt, quick=args.quick) for name, dt in _dtypes().items()}
-    amp = _pick_amp(args.dtype, peaks)
+    amp = autocast_dtype(device, args.dtype)  # as the pretrain stage resolves its dtype
     config = _config(args)
     windows = _batches(args, config.vocab_size)
 
     reference = _Reference(config, windows)
     orchard = _Orchard(config, windows, reference.model, amp, compile=not args.no_compile)
+    # With bf16 the same step in fp32 too, so the speed the step itself brings shows apart from
+    # the speed the precision brings.
+    in_fp32 = None
+    if amp is not None:
+        in_fp32 = _Orchard(config, windows, reference.model, None, compile=not args.no_compile)
     initial = {"reference": reference.initial_loss(), "orchard": orchard.initial_loss()}
     reference.warm_up()
     orchard.warm_up()
+    if in_fp32 is not None:
+        in_fp32.warm_up()
 
-    ref_rounds, orch_rounds = [], []
+    ref_rounds, orch_rounds, fp32_rounds = [], [], []
     for _ in range(args.rounds):
         ref_rounds.append(reference.tokens_per_sec(args.steps))
         orch_rounds.append(orchard.tokens_per_sec(args.steps))
+        if in_fp32 is not None:
+            fp32_rounds.append(in_fp32.tokens_per_sec(args.steps))
     if not args.quick:  # once more, in case the machine was busier at the start
         for name, dt in _dtypes().items():
             peaks[name] = max(peaks[name], matmul_peak_gflops(dt))
@@ -101,6 +111,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     orch_peak = peaks[dtype_name(amp)]
     speedup = orch_tps / ref_tps
     mfu = flops * orch_tps / (orch_peak * 1e9)
+    fp32_side = {}
+    if fp32_rounds:
+        fp32_tps = max(fp32_rounds)
+        fp32_side["orchard_in_fp32"] = {
+            "tokens_per_sec": round(fp32_tps, 1),
+            "rounds": [round(v, 1) for v in fp32_rounds],
+            "speedup": round(fp32_tps / ref_tps, 3),
+            "mfu_vs_fp32_peak": round(flops * fp32_tps / (peaks["fp32"] * 1e9), 4),
+        }
     return {
         "benchmark": "pretrain",
         "quick": args.quick,
@@ -133,6 +152,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "rounds": [round(v, 1) for v in orch_rounds],
             f"mfu_vs_{dtype_name(amp)}_peak": round(mfu, 4),
         },
+        **fp32_side,
         "matmul_ceiling": {
             "dtype": dtype_name(amp),
             "seconds_per_step": round(ceiling_seconds, 5),
@@ -248,16 +268,6 @@ def matmul_seconds_per_step(
             times.append(time.perf_counter() - began)
         best[shapes] = min(times)
     return sum(best[shapes] for shapes in step_matmuls(config, batch, context))
-
-
-def _pick_amp(choice: str, peaks: dict[str, float]) -> torch.dtype | None:
-    import torch
-
-    if choice == "fp32":
-        return None
-    if choice == "bf16" or peaks["bf16"] >= BF16_MIN_GAIN * peaks["fp32"]:
-        return torch.bfloat16
-    return None
 
 
 def _config(args: argparse.Namespace) -> Any:

@@ -16,9 +16,10 @@ problems x ``--generations`` replies of at most ``--completion-length`` tokens, 
 update), on the CPU, in the same process, two ways:
 
 - ``grpo``: Orchard's ``grpo`` stage: :func:`training.core.grpo.prepare` with
-  :class:`~training.core.grpo.GRPOConfig`'s defaults apart from those sizes, ``max_steps`` and
-  ``device="cpu"`` (so beta 0.04 with a frozen reference model, no activation checkpointing, fp32
-  on the CPU, metrics logged every step), then ``trainer.train()``;
+  :class:`~training.core.grpo.GRPOConfig`'s defaults apart from those sizes, ``max_steps``,
+  ``device="cpu"`` and ``dtype="fp32"`` (so beta 0.04 with a frozen reference model, no
+  activation checkpointing, metrics logged every step), then ``trainer.train()``. fp32 like TRL's
+  side, so that on a CPU with native bf16 the ratio still compares recipes, not precisions;
 - ``trl_default``: TRL's ``GRPOTrainer`` with ``trl.GRPOConfig``'s defaults, overriding only what
   the CPU needs (``use_cpu``, ``bf16=False``, ``report_to="none"``) and the same sizes and
   ``max_steps``: so activation checkpointing on, beta 0 (no reference model), learning rate 1e-6.
@@ -35,7 +36,7 @@ is the median over adjacent step pairs of the same ratio, the figure to trust on
 PPO. :func:`training.core.ppo.rollout_throughput` (one warm-up step, then ``--steps`` steps; its
 figures are means over those steps) of Orchard's ``ppo`` stage with its defaults apart from
 ``batch_size`` (= the GRPO completions per step: one reply per prompt), ``max_new_tokens`` (= the
-completion length), ``temperature`` (= GRPO's), ``monitor_every=0`` and the CPU, on the same
+completion length), ``temperature`` (= GRPO's), ``monitor_every=0``, the CPU and fp32, on the same
 policy, with the problems' prompts and the tiny reward model (also the value model's start).
 ``ppo_vs_grpo`` is its samples per second over the Orchard GRPO completions per second measured
 in the same run: a same-run reference point, not a contest (PPO also trains a value model, makes
@@ -235,6 +236,7 @@ def _orchard_config(args: argparse.Namespace) -> Any:
         max_completion_length=args.completion_length,
         max_steps=args.steps + 1,
         device="cpu",
+        dtype="fp32",
     )
 
 
@@ -405,6 +407,7 @@ def _ppo_config(args: argparse.Namespace) -> Any:
         temperature=_orchard_config(args).temperature,
         monitor_every=0,
         device="cpu",
+        dtype="fp32",
     )
 
 
