@@ -24,6 +24,7 @@ from django.db.models import F, Q, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from training.core.allocator import freed_memory_kept
 from training.core.checkpoints import hash_tree, tree_digest
 from training.core.reporting import Cancelled
 from training.evaluations import launch_follow_up
@@ -209,6 +210,8 @@ def run_execute(*, run_id: int, owner: str | None = None) -> str:
     keeper = LeaseKeeper(run.pk, owner, reporter.lease_lost)
     keeper.start()
     reporter.log(f"attempt {run.attempts} of {run.max_attempts} on {owner}")
+    if freed_memory_kept():
+        reporter.log("this process keeps freed memory for reuse (glibc malloc without mmap)")
     try:
         outcome = _execute_claimed(run, directory, reporter)
     finally:

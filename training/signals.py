@@ -1,10 +1,11 @@
-"""Worker lifecycle hooks: start the monitor thread when a worker is ready, stop it on shutdown."""
+"""Worker lifecycle hooks: start the monitor thread when a worker is ready, stop it on shutdown;
+set up each worker process that executes runs."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from celery.signals import worker_ready, worker_shutdown
+from celery.signals import worker_process_init, worker_ready, worker_shutdown
 
 _monitor: Any = None
 
@@ -17,6 +18,15 @@ def _start_monitor(sender: Any = None, **kwargs: Any) -> None:
     queues = ",".join(sorted(q.name for q in sender.app.amqp.queues.consume_from.values()))
     _monitor = WorkerMonitor(name=sender.hostname, queues=queues)
     _monitor.start()
+
+
+@worker_process_init.connect
+def _set_up_run_process(**kwargs: Any) -> None:
+    """A pool process runs one run and exits (``--max-tasks-per-child=1``): it can keep the
+    memory a training step frees for the next step (see training.core.allocator)."""
+    from training.core.allocator import keep_freed_memory
+
+    keep_freed_memory()
 
 
 @worker_shutdown.connect

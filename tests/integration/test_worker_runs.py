@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import platform
 import time
 
 import pytest
@@ -11,6 +12,7 @@ from django.test import Client
 from tests.support.countdown import expected_state
 from tests.support.workers import wait_for
 from training import services, uploads
+from training.core.allocator import freed_memory_kept
 from training.models import Artifact, Run, RunStatus
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
@@ -85,3 +87,8 @@ def test_duplicate_messages_never_run_a_run_twice(start_worker, people):
     steps = [json.loads(line)["step"] for line in ledger]
     assert steps == list(range(1, 21))
     assert run.result["state"] == expected_state(20)
+    # Each worker process runs one run: it keeps the memory a step frees for the next step.
+    log = (services.run_dir(run) / "run.log").read_text()
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert "this process keeps freed memory for reuse" in log
+    assert not freed_memory_kept()  # while this process, which ran no run, left it alone

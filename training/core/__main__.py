@@ -99,4 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from training.core.allocator import keep_freed_memory
+
+    keep_freed_memory()  # this process runs one stage and exits
     sys.exit(main())

@@ -650,4 +650,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from training.core.allocator import keep_freed_memory
+
+    keep_freed_memory()  # each process runs its share of one run and exits
     sys.exit(main())

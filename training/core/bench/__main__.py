@@ -29,4 +29,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from training.core.allocator import keep_freed_memory
+
+    keep_freed_memory()  # as in the workers; both sides of a benchmark share the process
     sys.exit(main())

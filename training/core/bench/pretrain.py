@@ -14,6 +14,8 @@ context 256, batch 16, vocabulary 4096), from the same initial weights, on the s
   bf16 matmuls, fp32 on others), ``torch.compile`` unless ``--no-compile`` or ``--quick``, and
   the attention implementation :func:`~training.core.pretrain.choose_attention` picks.
 
+Run as ``python -m training.core.bench``, the process keeps freed memory for reuse as Orchard's
+workers do (:mod:`training.core.allocator`), for both sides: the plain loop gains more from it.
 The two alternate in rounds, so load from other processes hits both alike. Tokens per second
 are the best round of each side (other processes can only slow a round down), ``speedup`` their
 ratio; ``speedup_median_of_rounds`` is the median of the ratios of adjacent rounds, the figure
