@@ -3,11 +3,12 @@
 glibc's malloc serves every block of 32 MiB and more (and, until its threshold has adapted,
 smaller ones too) with a fresh ``mmap`` and hands it back with ``munmap`` when it is freed. A
 training step on the CPU frees its activations and allocates them again at the next step, so the
-kernel maps and zeroes them page by page at every step: about 25,000 page faults per step at the
-pretraining benchmark's shape. Serving all blocks from the heap and keeping the freed ones there
-measured 13% more tokens per second for an eager fp32 step and 23% for an eager bf16 one on a
-2-core CPU (less once ``torch.compile`` plans the buffers). It is what PyTorch's performance
-guide gets by preloading jemalloc or tcmalloc, with the C library already loaded.
+kernel maps and zeroes them page by page at every step: at the pretraining benchmark's shape,
+80,000 to 100,000 page faults per eager step (about 25,000 compiled). Serving all blocks from the
+heap and keeping the freed ones there took that to almost none, and gave 11% more tokens per
+second for an eager fp32 step and 21-35% for an eager bf16 one (fresh processes, a 2-core CPU;
+less once ``torch.compile`` plans the buffers). It is what PyTorch's performance guide gets by
+preloading jemalloc or tcmalloc, with the C library already loaded.
 
 The setting is process-wide and the memory stays with the process until it exits, so it is made
 only in processes that run one run: Celery's worker processes (``training.signals``), the stage
