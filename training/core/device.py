@@ -141,14 +141,7 @@ def _mps_available() -> bool:
 
 def _cpu_name() -> str:
     """The CPU model ("Intel(R) Xeon(R) ..."); platform.processor() is empty on most Linuxes."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return _cpuinfo_value("model name") or platform.processor() or platform.machine()
 
 
 def _cpu_has_native_bf16() -> bool:
@@ -175,11 +168,16 @@ def _cpu_flags() -> frozenset[str]:
 
 def _read_cpu_flags(cpuinfo: str) -> frozenset[str]:
     """The instruction-set flags the kernel lists for the first CPU (empty where unknown)."""
+    return frozenset((_cpuinfo_value("flags", cpuinfo) or "").split())
+
+
+def _cpuinfo_value(key: str, cpuinfo: str = "/proc/cpuinfo") -> str | None:
+    """The first CPU's ``key`` line in ``cpuinfo``, or None (no such line, or no such file)."""
     try:
         with open(cpuinfo, encoding="utf-8") as fh:
             for line in fh:
-                if line.startswith("flags"):
-                    return frozenset(line.partition(":")[2].split())
+                if line.startswith(key):
+                    return line.partition(":")[2].strip()
     except OSError:
         pass
-    return frozenset()
+    return None

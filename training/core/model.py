@@ -43,14 +43,14 @@ class Preset:
         return self.hidden_size // self.num_heads
 
     def config_shape(self, vocab_size: int, context_length: int) -> SimpleNamespace:
-        """What the size formulas read of this preset's config as :func:`build_config` makes
-        it, without transformers (the web process estimates sizes with it)."""
+        """The sizes of this preset's config, which :func:`build_config` completes; the size
+        formulas read them without transformers (the web process estimates sizes with them)."""
         return SimpleNamespace(
             vocab_size=vocab_size,
             hidden_size=self.hidden_size,
             num_hidden_layers=self.num_layers,
             num_attention_heads=self.num_heads,
-            num_key_value_heads=self.num_heads,
+            num_key_value_heads=self.num_heads,  # plain multi-head attention: no GQA at these sizes
             head_dim=self.head_dim,
             intermediate_size=self.intermediate_size,
             tie_word_embeddings=True,
@@ -106,20 +106,10 @@ def build_config(
             f"(1 to {shape.max_position_embeddings} tokens)"
         )
     return LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=shape.hidden_size,
-        intermediate_size=shape.intermediate_size,
-        num_hidden_layers=shape.num_layers,
-        num_attention_heads=shape.num_heads,
-        num_key_value_heads=shape.num_heads,  # plain multi-head attention: no GQA at these sizes
-        head_dim=shape.head_dim,
-        max_position_embeddings=context_length,
+        **vars(shape.config_shape(vocab_size, context_length)),
         rms_norm_eps=RMS_NORM_EPS,
         initializer_range=INIT_STD,
         rope_parameters={"rope_type": "default", "rope_theta": ROPE_THETA},
-        tie_word_embeddings=True,
-        attention_bias=False,
-        mlp_bias=False,
         bos_token_id=bos_token_id,
         eos_token_id=eos_token_id,
         pad_token_id=pad_token_id,
